@@ -1,0 +1,10 @@
+"""AFA networks: two task branches joined by adaptive feature aggregation layers."""
+
+from .afa import AFALayer, CAM, SAM
+from .multitask import DEFAULTS, ModelConfig, MultiTaskNet, build_model, init_from_stage1, model_from_config
+from .reference import convert_reference_state_dict, to_reference_state_dict
+
+__all__ = [
+    "AFALayer", "CAM", "SAM", "DEFAULTS", "ModelConfig", "MultiTaskNet", "build_model", "init_from_stage1",
+    "model_from_config", "convert_reference_state_dict", "to_reference_state_dict",
+]

@@ -1,0 +1,111 @@
+"""ResNet-50 trunks for the task branches, built from torchvision's ResNet.
+
+A trunk is torchvision's ``resnet50`` without ``avgpool``/``fc``, so its state-dict keys are
+exactly torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1`` ...) and ImageNet weights load
+into every branch by name. Pixel networks use output stride 16 (or 8) with the DeepLab
+multi-grid unit in stage 4: stride 1 and dilations (2, 4, 8) times the stage's base rate.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Mapping, Union
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import ResNet50_Weights, resnet50
+
+WeightsSpec = Union[None, str, os.PathLike, Mapping[str, Tensor]]
+
+MULTI_GRID = (1, 2, 4)
+
+
+class Trunk(nn.Module):
+    """The convolutional part of ResNet-50 (stem and layer1..layer4).
+
+    Args:
+        output_stride: 32 (classification), 16 or 8 (DeepLab; stage 4 becomes multi-grid).
+    """
+
+    def __init__(self, output_stride: int = 32) -> None:
+        super().__init__()
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        # torchvision replaces the stride of the dilated stages by dilation; it keeps the
+        # first block of a dilated stage at the previous rate, which DeepLab's multi-grid
+        # unit does not, so stage 4's rates are set below.
+        dilate = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}[output_stride]
+        net = resnet50(weights=None, replace_stride_with_dilation=dilate)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.output_stride = output_stride
+        if output_stride != 32:
+            base = 32 // output_stride  # rate that replaces stage 4's stride (2 at OS16, 4 at OS8)
+            for block, unit in zip(self.layer4, MULTI_GRID):
+                block.conv2.dilation = block.conv2.padding = (base * unit, base * unit)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The reference's initialisation: convs normal(0, sqrt(2 / (k*k*out))), BN (1, 0)."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def stage4_channels(self) -> int:
+        return self.layer4[-1].conv3.out_channels
+
+    def stem(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, 64, H/4, W/4)."""
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+
+def feature_size(input_size: int, stride: int) -> int:
+    """Side of the stage-4 map for an input side: every stride-2 step rounds up."""
+    return -(-input_size // stride)
+
+
+def torchvision_state_dict(weights: WeightsSpec) -> dict[str, Tensor]:
+    """A torchvision ResNet-50 state dict from 'imagenet' (downloads through torchvision's
+    weights API when not cached), a file path, or a dict already in memory."""
+    if isinstance(weights, Mapping):
+        return dict(weights)
+    if weights == "imagenet":
+        return ResNet50_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"backbone weights {path!r}: no such file (expected a torchvision ResNet-50 state dict)")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt / pickled-code files
+        raise ValueError(f"backbone weights {path!r}: not a loadable state dict ({type(e).__name__}: {e})") from None
+    if isinstance(sd, Mapping) and "model" in sd and isinstance(sd["model"], Mapping):
+        sd = sd["model"]
+    if not isinstance(sd, Mapping):
+        raise ValueError(f"backbone weights {path!r}: expected a dict of tensors, got {type(sd).__name__}")
+    return dict(sd)
+
+
+def load_trunk_weights(trunk: Trunk, state_dict: Mapping[str, Tensor]) -> list[str]:
+    """Load a torchvision ResNet-50 state dict into a trunk, strictly.
+
+    Every trunk tensor must be present with the right shape; keys the trunk has no place
+    for (torchvision's ``fc``) are returned so the caller can report them.
+    """
+    own = trunk.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    wrong = [f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
+             if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or wrong:
+        raise ValueError(
+            "not a torchvision ResNet-50 state dict: "
+            + (f"{len(missing)} missing keys (first: {missing[:3]}) " if missing else "")
+            + (f"{len(wrong)} shape mismatches (first: {wrong[:3]})" if wrong else "")
+        )
+    trunk.load_state_dict({k: state_dict[k] for k in own}, strict=True)
+    return sorted(k for k in state_dict if k not in own)

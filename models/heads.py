@@ -1,0 +1,84 @@
+"""Task heads: a linear classifier on pooled features (image tasks) and the DeepLabv3+
+ASPP + decoder (pixel tasks)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
+
+
+def _conv_bn_relu(cin: int, cout: int, k: int = 1, dilation: int = 1) -> list[nn.Module]:
+    pad = 0 if k == 1 else dilation
+    return [nn.Conv2d(cin, cout, k, padding=pad, dilation=dilation, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+class ClassifierHead(nn.Module):
+    """Global average pool and a linear layer: (B, C, h, w) -> (B, num_classes)."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_channels, num_classes)
+        nn.init.kaiming_normal_(self.fc.weight)  # the reference's init; the bias keeps torch's default
+
+    def forward(self, x: Tensor, low: Tensor, out_size: tuple[int, int]) -> Tensor:
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling on the stage-4 map: (B, 2048, h, w) -> (B, 256, h, w)."""
+
+    def __init__(self, in_channels: int = 2048, output_stride: int = 16, channels: int = 256) -> None:
+        super().__init__()
+        rates = ASPP_RATES[output_stride]
+        self.convs = nn.ModuleList(
+            [nn.Sequential(*_conv_bn_relu(in_channels, channels))]
+            + [nn.Sequential(*_conv_bn_relu(in_channels, channels, 3, r)) for r in rates]
+        )
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), *_conv_bn_relu(in_channels, channels))
+        self.project = nn.Sequential(*_conv_bn_relu(5 * channels, channels), nn.Dropout(0.5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        feats = [conv(x) for conv in self.convs]
+        # Upsampling a 1x1 map with align_corners=True is a broadcast, as in the reference.
+        feats.append(F.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear", align_corners=True))
+        return self.project(torch.cat(feats, dim=1))
+
+
+class Decoder(nn.Module):
+    """DeepLabv3+ decoder: fuse ASPP output with stage-1 features, predict at 1/4 resolution."""
+
+    def __init__(self, num_outputs: int, low_channels: int = 256, channels: int = 256, low_reduced: int = 48) -> None:
+        super().__init__()
+        self.reduce = nn.Sequential(*_conv_bn_relu(low_channels, low_reduced))
+        self.fuse = nn.Sequential(
+            *_conv_bn_relu(channels + low_reduced, channels, 3), nn.Dropout(0.5),
+            *_conv_bn_relu(channels, channels, 3), nn.Dropout(0.1),
+        )
+        self.classifier = nn.Conv2d(channels, num_outputs, 1)
+
+    def forward(self, x: Tensor, low: Tensor) -> Tensor:
+        low = self.reduce(low)
+        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=True)
+        return self.classifier(self.fuse(torch.cat((x, low), dim=1)))
+
+
+class DeepLabHead(nn.Module):
+    """ASPP + decoder + upsampling to the input size: -> (B, num_outputs, H, W)."""
+
+    def __init__(self, num_outputs: int, in_channels: int = 2048, output_stride: int = 16) -> None:
+        super().__init__()
+        self.aspp = ASPP(in_channels, output_stride)
+        self.decoder = Decoder(num_outputs)
+        for m in self.modules():  # the reference's init: Kaiming normal convs, BN (1, 0)
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor, low: Tensor, out_size: tuple[int, int]) -> Tensor:
+        y = self.decoder(self.aspp(x), low)
+        return F.interpolate(y, size=out_size, mode="bilinear", align_corners=True)
