@@ -208,7 +208,7 @@ class AFALayer(nn.Module):
         self.cam = CAM(channels)
         self.sam = SAM(size, stride)
 
-    def _apply(self, module: nn.Module, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+    def _fuse(self, module: nn.Module, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
         """One module (CAM or SAM) in the layer's gradient mode, followed by ReLU."""
         if self.grad_mode == "joint" or not torch.is_grad_enabled():
             y1, y2 = module(x1, x2)
@@ -225,8 +225,8 @@ class AFALayer(nn.Module):
         return F.relu(y1), F.relu(y2)
 
     def forward(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
-        x1, x2 = self._apply(self.cam, x1, x2)
-        return self._apply(self.sam, x1, x2)
+        x1, x2 = self._fuse(self.cam, x1, x2)
+        return self._fuse(self.sam, x1, x2)
 
     def extra_repr(self) -> str:
         extra = f", protect_tasks={self.protect_tasks}" if self.grad_mode == "protect" else ""
