@@ -1,0 +1,195 @@
+"""Sample-dict transforms for the pixel tasks (NYUv2) and the image tasks (Adience), on tensors.
+
+Images stay uint8 until the last step (float32 + ImageNet normalisation). Keys a transform does not know ('index',
+'path', 'gender', 'age', ...) pass through unchanged, so batches collate with torch's default_collate.
+
+Pixel training (``PixelTrainTransform``): scale the whole sample by s ~ U(0.5, 2.0) (bilinear with antialias for the
+image; nearest for seg, depth and normals so that ignore labels and invalid zeros are never blended), pad on the
+bottom/right to at least crop_size (image 0, seg 255, depth 0, normal 0), take a random crop_size x crop_size crop,
+flip horizontally with p = 0.5 (negating the x component of normals), jitter the image colours, normalise. Depth
+values stay in metres: scaling resamples the image, it does not move the camera.
+
+Pixel evaluation protocol (``PixelEvalTransform`` + ``sliding_window_predict``): metrics are computed on the full
+frame at label resolution. The AFA network's SAM has a fixed spatial size, so the network only accepts
+crop_size x crop_size inputs; the normalised full-resolution image is tiled with crop_size windows. Along an axis of
+length L > crop, n = ceil((L - crop) / stride) + 1 windows start at round(i * (L - crop) / (n - 1)), i = 0..n-1: the
+first and last windows are flush with the borders and neighbours overlap by at least crop - stride (default stride
+= 2 * crop // 3). Every output (segmentation logits, depth in metres, any other key) is averaged over the windows
+covering a pixel. An axis shorter than the crop is padded with 0 (the mean colour after normalisation) at the
+bottom/right and the outputs are cropped back. Example: a 480 x 640 NYUv2 frame with crop 300 (stride 200) gives
+windows at y in {0, 180} and x in {0, 170, 340}: 6 windows per frame.
+
+Image tasks (``ImageTrainTransform`` / ``ImageEvalTransform``): resize the shorter side to 256, random (train) or
+centre (eval) 224 x 224 crop, random horizontal flip (train), normalise.
+"""
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORE_INDEX = 255
+PAD_FILL = {"seg": IGNORE_INDEX, "depth": 0.0, "normal": 0.0}  # image pads with 0 too
+
+
+def normalize(image: Tensor) -> Tensor:
+    """uint8 (..., 3, H, W) -> float32 (..., 3, H, W) scaled to [0, 1] and ImageNet-normalised."""
+    return F.normalize(F.to_dtype(image, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
+
+
+class PixelTrainTransform:
+    """Training augmentation for NYUv2 samples (see the module docstring).
+
+    Input: 'image' uint8 (3, H, W), 'seg' int64 (H, W), 'depth' float32 (1, H, W), optional 'normal' (3, H, W).
+    Output: 'image' float32 (3, S, S), 'seg' int64 (S, S), 'depth' float32 (1, S, S), 'normal' (3, S, S), S = crop_size.
+    """
+
+    def __init__(
+        self,
+        crop_size: int = 300,
+        scale: tuple[float, float] = (0.5, 2.0),
+        flip_p: float = 0.5,
+        jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.0),
+    ) -> None:
+        """jitter = (brightness, contrast, saturation, hue) for v2.ColorJitter on the image only; None disables it."""
+        self.crop_size = crop_size
+        self.scale = scale
+        self.flip_p = flip_p
+        self.jitter = v2.ColorJitter(*jitter) if jitter else None
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        out = dict(sample)
+        image = sample["image"]
+        # seg as uint8 (1, H, W) so every map goes through the same resize / pad / crop calls
+        maps = {k: sample[k] for k in PAD_FILL if k in sample}
+        maps["seg"] = maps["seg"].to(torch.uint8)[None]
+        s = torch.empty(()).uniform_(*self.scale).item()
+        size = [max(1, round(image.shape[-2] * s)), max(1, round(image.shape[-1] * s))]
+        image = F.resize(image, size, InterpolationMode.BILINEAR, antialias=True)
+        maps = {k: F.resize(m, size, InterpolationMode.NEAREST) for k, m in maps.items()}
+        pad = [0, 0, max(self.crop_size - size[1], 0), max(self.crop_size - size[0], 0)]  # left, top, right, bottom
+        if any(pad):
+            image = F.pad(image, pad, fill=0)
+            maps = {k: F.pad(m, pad, fill=PAD_FILL[k]) for k, m in maps.items()}
+        height, width = image.shape[-2:]
+        top = int(torch.randint(height - self.crop_size + 1, ()))
+        left = int(torch.randint(width - self.crop_size + 1, ()))
+        image = F.crop(image, top, left, self.crop_size, self.crop_size)
+        maps = {k: F.crop(m, top, left, self.crop_size, self.crop_size) for k, m in maps.items()}
+        if torch.rand(()) < self.flip_p:
+            image = F.horizontal_flip(image)
+            maps = {k: F.horizontal_flip(m) for k, m in maps.items()}
+            if "normal" in maps:
+                maps["normal"] = maps["normal"] * torch.tensor([-1.0, 1.0, 1.0])[:, None, None]
+        if self.jitter is not None:
+            image = self.jitter(image)
+        out.update(maps)
+        out["seg"] = maps["seg"][0].long()
+        out["image"] = normalize(image)
+        return out
+
+
+class PixelEvalTransform:
+    """Evaluation transform for NYUv2: normalised full-resolution float32 image (3, H, W); labels untouched.
+
+    ``crop_size`` is the network's input size, to pass to ``sliding_window_predict`` (the protocol is in the module
+    docstring).
+    """
+
+    def __init__(self, crop_size: int = 300) -> None:
+        if crop_size < 1:
+            raise ValueError(f"crop_size must be positive, got {crop_size}")
+        self.crop_size = crop_size
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        return {**sample, "image": normalize(sample["image"])}
+
+
+def window_starts(length: int, crop_size: int, stride: int) -> list[int]:
+    """Start offsets of the sliding windows along one axis: evenly spaced, first at 0, last flush with the end."""
+    if length <= crop_size:
+        return [0]
+    n = math.ceil((length - crop_size) / stride) + 1
+    return [round(i * (length - crop_size) / (n - 1)) for i in range(n)]
+
+
+@torch.no_grad()
+def sliding_window_predict(
+    model_fn: Callable[[Tensor], dict[str, Tensor]],
+    image: Tensor,
+    crop_size: int,
+    stride: int | None = None,
+) -> dict[str, Tensor]:
+    """Full-resolution predictions from a network that only accepts crop_size x crop_size inputs.
+
+    image: normalised float (B, 3, H, W) (or (3, H, W), treated as B = 1). model_fn maps windows (B, 3, s, s) to a
+    dict of (B, C_k, s, s) outputs. Returns {key: (B, C_k, H, W)}, each the average over the covering windows.
+    """
+    stride = 2 * crop_size // 3 if stride is None else stride
+    if not 1 <= stride <= crop_size:
+        raise ValueError(f"stride must be in 1..crop_size={crop_size}, got {stride}")
+    if image.ndim == 3:
+        image = image[None]
+    batch, _, height, width = image.shape
+    # zeros = the mean colour after normalisation; outputs over the padding are cropped away below
+    image = torch.nn.functional.pad(image, (0, max(crop_size - width, 0), 0, max(crop_size - height, 0)))
+    padded = image.shape[-2:]
+    sums: dict[str, Tensor] = {}
+    count = torch.zeros(padded, device=image.device)
+    for y in window_starts(padded[0], crop_size, stride):
+        for x in window_starts(padded[1], crop_size, stride):
+            outputs = model_fn(image[..., y : y + crop_size, x : x + crop_size])
+            for key, value in outputs.items():
+                if value.ndim != 4 or value.shape[0] != batch or tuple(value.shape[-2:]) != (crop_size, crop_size):
+                    raise ValueError(
+                        f"model output {key!r} has shape {tuple(value.shape)}; expected ({batch}, C, {crop_size}, "
+                        f"{crop_size}) (upsample outputs to the window size)"
+                    )
+                if key not in sums:  # accumulate in at least float32, also under autocast
+                    dtype = torch.promote_types(value.dtype, torch.float32)
+                    sums[key] = value.new_zeros(batch, value.shape[1], *padded, dtype=dtype)
+                sums[key][..., y : y + crop_size, x : x + crop_size] += value
+            count[y : y + crop_size, x : x + crop_size] += 1
+    return {key: (total / count.to(total.device))[..., :height, :width] for key, total in sums.items()}
+
+
+class _ImageTransform:
+    """Apply a uint8 image pipeline to sample['image'], then normalise; other keys pass through."""
+
+    def __init__(self, pipeline: v2.Transform) -> None:
+        self.pipeline = pipeline
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        return {**sample, "image": normalize(self.pipeline(sample["image"]))}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.pipeline})"
+
+
+class ImageTrainTransform(_ImageTransform):
+    """Adience training: shorter side -> resize, random crop_size crop, horizontal flip; 'image' float32 (3, S, S)."""
+
+    def __init__(self, resize: int = 256, crop_size: int = 224, flip_p: float = 0.5) -> None:
+        super().__init__(
+            v2.Compose(
+                [
+                    v2.Resize(resize, antialias=True),
+                    v2.RandomCrop(crop_size, pad_if_needed=True),
+                    v2.RandomHorizontalFlip(flip_p),
+                ]
+            )
+        )
+
+
+class ImageEvalTransform(_ImageTransform):
+    """Adience evaluation: shorter side -> resize, centre crop_size crop; 'image' float32 (3, S, S)."""
+
+    def __init__(self, resize: int = 256, crop_size: int = 224) -> None:
+        super().__init__(v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(crop_size)]))
