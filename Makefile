@@ -16,5 +16,10 @@ venv: $(VENV)/.installed
 test: venv
 	$(PY) -m pytest -q tests
 
+# Synthetic NYUv2 + Adience in the official formats, stage 1 and 2 for both task families on CPU,
+# evaluation against the majority-class baseline, TensorBoard runs and PNG plots under demo/.
+demo: venv
+	$(PY) tools/demo.py --out demo
+
 clean:
 	rm -rf $(VENV) demo runs

@@ -204,10 +204,13 @@ def _cell_of_strings(mat: h5py.File, name: str, strings: list[str]) -> None:
     cell[0, :] = targets
 
 
-def write_labeled_mat(path: str | Path, n: int, seed: int = 0) -> None:
-    """Write `n` rendered rooms as nyu_depth_v2_labeled.mat in the official v7.3 layout (see module docstring)."""
+def write_labeled_mat(path: str | Path, n: int, seed: int = 0, frame_size: tuple[int, int] = (480, 640)) -> None:
+    """Write `n` rendered rooms as nyu_depth_v2_labeled.mat in the official v7.3 layout (see module docstring).
+
+    frame_size is the official 480 x 640 by default; tests use smaller frames to keep full-frame evaluation cheap.
+    """
     rng = np.random.default_rng(seed)
-    height, width = 480, 640
+    height, width = frame_size
     with h5py.File(path, "w", userblock_size=512) as mat:
         # per-frame chunks, compressed, so frame-by-frame reads are cheap (the real file's chunking is unknown)
         def frames_dataset(name: str, shape: tuple[int, ...], dtype: type, matlab_class: str) -> h5py.Dataset:
@@ -258,11 +261,12 @@ def seeded_split(n: int, seed: int = 0, train_fraction: float = 0.55) -> tuple[n
     return train, np.setdiff1d(np.arange(1, n + 1), train)
 
 
-def write_nyuv2(out: str | Path, n: int = 24, seed: int = 0, mapping: bool = False) -> Path:
+def write_nyuv2(out: str | Path, n: int = 24, seed: int = 0, mapping: bool = False,
+                frame_size: tuple[int, int] = (480, 640)) -> Path:
     """Write nyu_depth_v2_labeled.mat, splits.mat (and classMapping40.mat if `mapping`) into `out`; returns `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_labeled_mat(out / "nyu_depth_v2_labeled.mat", n, seed)
+    write_labeled_mat(out / "nyu_depth_v2_labeled.mat", n, seed, frame_size)
     train, test = seeded_split(n, seed)
     splits = {"trainNdxs": train[:, None].astype(np.uint16), "testNdxs": test[:, None].astype(np.uint16)}
     scipy.io.savemat(out / "splits.mat", splits, format="5")

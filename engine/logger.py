@@ -1,0 +1,57 @@
+"""Run logging on the main process: TensorBoard scalars and images, one JSON line per epoch."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class RunLogger:
+    """TensorBoard (tensorboardX) under ``logdir`` and ``log.jsonl`` beside it; inactive off rank 0.
+
+    Scalars go under heads: ``loss/<task>``, ``opt/lr``, ``val/<metric>``.
+    """
+
+    def __init__(self, logdir: str | Path | None, active: bool = True) -> None:
+        self.active = active and logdir is not None
+        self.writer = None
+        if self.active:
+            from tensorboardX import SummaryWriter
+
+            self.logdir = Path(logdir)  # type: ignore[arg-type]
+            self.logdir.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(str(self.logdir))
+
+    def scalars(self, values: dict[str, float], step: int, head: str = "") -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(f"{head}{k}", v, step)
+
+    def image(self, tag: str, img: np.ndarray, step: int) -> None:
+        """img: (H, W, 3) floats in [0, 1]."""
+        if self.writer is not None:
+            self.writer.add_image(tag, img, step, dataformats="HWC")
+
+    def epoch_line(self, record: dict[str, Any]) -> None:
+        if self.active:
+            clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
+            with open(self.logdir / "log.jsonl", "a") as f:
+                f.write(json.dumps(clean) + "\n")
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The epoch records of a run folder's log.jsonl."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

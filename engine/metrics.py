@@ -1,0 +1,137 @@
+"""Metrics pooled over a whole split (sums over pixels / images, then ratios), reducible
+across ranks by summing their state tensors.
+
+Segmentation (from the confusion matrix, pixels with label 255 ignored):
+pixel accuracy, mean class accuracy and mean IoU over classes whose denominator is not
+empty (the reference's definition), frequency-weighted IoU.
+Depth (on pixels with ground truth > 0; predictions clamped to >= MIN_DEPTH so that the
+ratios and logarithms are defined): abs error, abs rel, sq rel, log10, RMSE, RMSE(log),
+and the fractions with max(pred/gt, gt/pred) below 1.25, 1.25^2, 1.25^3.
+Image tasks: gender accuracy, age accuracy, age 1-off accuracy (within one group).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .distributed import all_reduce_sum
+
+MIN_DEPTH = 1e-3
+IGNORE_INDEX = 255
+
+# Direction of each reported metric: +1 higher is better, -1 lower is better.
+DIRECTION = {
+    "seg/miou": 1, "seg/pixel_acc": 1, "seg/mean_class_acc": 1, "seg/fwiou": 1,
+    "depth/abs_err": -1, "depth/rel_err": -1, "depth/sq_rel": -1, "depth/log10": -1, "depth/rmse": -1,
+    "depth/rmse_log": -1, "depth/delta1": 1, "depth/delta2": 1, "depth/delta3": 1,
+    "gender/acc": 1, "age/acc": 1, "age/one_off": 1,
+}
+
+
+class PixelMeter:
+    """Accumulates a confusion matrix and depth error sums on the device (no host syncs)."""
+
+    DEPTH_SUMS = ("abs_err", "rel_err", "sq_rel", "log10", "sq_err", "sq_log", "delta1", "delta2", "delta3", "count")
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
+        self.num_classes = num_classes
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self.depth = torch.zeros(len(self.DEPTH_SUMS), dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def update(self, seg_pred: Tensor, seg_true: Tensor, depth_pred: Tensor, depth_true: Tensor) -> None:
+        """seg_pred, seg_true: (B, H, W) class ids (255 = ignore); depth_*: (B, H, W) metres."""
+        n = self.num_classes
+        keep = seg_true != IGNORE_INDEX
+        idx = seg_true[keep].long() * n + seg_pred[keep].long()
+        self.confusion += torch.bincount(idx, minlength=n * n).view(n, n)
+        valid = depth_true > 0
+        gt = depth_true[valid].double()
+        pred = depth_pred[valid].double().clamp_min(MIN_DEPTH)
+        err = pred - gt
+        ratio = torch.maximum(pred / gt, gt / pred)
+        log_err = torch.log(pred) - torch.log(gt)
+        self.depth += torch.stack([
+            err.abs().sum(), (err.abs() / gt).sum(), (err.square() / gt).sum(),
+            (torch.log10(pred) - torch.log10(gt)).abs().sum(), err.square().sum(), log_err.square().sum(),
+            (ratio < 1.25).sum(), (ratio < 1.25 ** 2).sum(), (ratio < 1.25 ** 3).sum(),
+            torch.tensor(float(gt.numel()), dtype=torch.float64, device=gt.device),
+        ])
+
+    def reduce(self) -> None:
+        all_reduce_sum(self.confusion)
+        all_reduce_sum(self.depth)
+
+    def compute(self) -> dict[str, float]:
+        cm = self.confusion.double().cpu()
+        tp, gt_count, pred_count = cm.diag(), cm.sum(1), cm.sum(0)
+        union = gt_count + pred_count - tp
+        total = cm.sum()
+        present = union > 0
+        iou = tp[present] / union[present]
+        has_gt = gt_count > 0
+        out = {
+            "seg/miou": iou.mean().item() if present.any() else math.nan,
+            "seg/pixel_acc": (tp.sum() / total).item() if total > 0 else math.nan,
+            "seg/mean_class_acc": (tp[has_gt] / gt_count[has_gt]).mean().item() if has_gt.any() else math.nan,
+            "seg/fwiou": ((gt_count[present] / total) * iou).sum().item() if total > 0 else math.nan,
+        }
+        s = dict(zip(self.DEPTH_SUMS, self.depth.cpu().tolist()))
+        c = s["count"] or math.nan
+        out.update({
+            "depth/abs_err": s["abs_err"] / c, "depth/rel_err": s["rel_err"] / c, "depth/sq_rel": s["sq_rel"] / c,
+            "depth/log10": s["log10"] / c, "depth/rmse": math.sqrt(s["sq_err"] / c),
+            "depth/rmse_log": math.sqrt(s["sq_log"] / c), "depth/delta1": s["delta1"] / c,
+            "depth/delta2": s["delta2"] / c, "depth/delta3": s["delta3"] / c,
+        })
+        return out
+
+
+class ImageMeter:
+    """Gender / age counts and the age confusion matrix."""
+
+    def __init__(self, num_ages: int = 8, device: torch.device | str = "cpu") -> None:
+        self.num_ages = num_ages
+        self.counts = torch.zeros(4, dtype=torch.int64, device=device)  # gender ok, age ok, age 1-off, n
+        self.age_confusion = torch.zeros(num_ages, num_ages, dtype=torch.int64, device=device)
+
+    @torch.no_grad()
+    def update(self, gender_pred: Tensor, gender_true: Tensor, age_pred: Tensor, age_true: Tensor) -> None:
+        self.counts += torch.stack([
+            (gender_pred == gender_true).sum(), (age_pred == age_true).sum(),
+            ((age_pred - age_true).abs() <= 1).sum(), torch.tensor(gender_true.numel(), device=gender_true.device),
+        ])
+        k = self.num_ages
+        self.age_confusion += torch.bincount(age_true.long() * k + age_pred.long(), minlength=k * k).view(k, k)
+
+    def reduce(self) -> None:
+        all_reduce_sum(self.counts)
+        all_reduce_sum(self.age_confusion)
+
+    def compute(self) -> dict[str, float]:
+        g, a, one, n = self.counts.cpu().tolist()
+        n = n or math.nan
+        return {"gender/acc": g / n, "age/acc": a / n, "age/one_off": one / n}
+
+
+def validation_score(metrics: dict[str, float]) -> float:
+    """The best-model criterion (higher is better): pixel nets the mean of seg mIoU and depth
+    delta1, image nets the mean of gender and age accuracy — one number per task in [0, 1]."""
+    keys = ("seg/miou", "depth/delta1") if "seg/miou" in metrics else ("gender/acc", "age/acc")
+    return sum(metrics[k] for k in keys) / len(keys)
+
+
+def multitask_delta(metrics: dict[str, float], baseline: dict[str, float]) -> dict[str, float]:
+    """Multi-task performance delta against a single-task result (Maninis et al., 2019):
+    per metric 100 * s * (m - b) / b with s = +1 where higher is better and -1 where lower is
+    better, and their mean over the metrics both results report ('delta/mean')."""
+    out = {}
+    for k, d in DIRECTION.items():
+        if k in metrics and k in baseline and baseline[k] not in (0, None) and not math.isnan(baseline[k]):
+            out[f"delta/{k}"] = 100.0 * d * (metrics[k] - baseline[k]) / abs(baseline[k])
+    if out:
+        out["delta/mean"] = sum(out.values()) / len(out)
+    return out

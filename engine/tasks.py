@@ -1,0 +1,131 @@
+"""The two task families: NYUv2 pixel tasks (seg + depth) and Adience image tasks (gender + age).
+
+Each gives the training loop its datasets, losses, evaluation and pictures; the prediction
+generators are shared with eval.py so that saved predictions are exactly what the metrics saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Subset
+
+from data import (
+    Adience, ImageEvalTransform, ImageTrainTransform, NYUv2, PixelEvalTransform, PixelTrainTransform,
+    adience_protocol, sliding_window_predict, split_train_val,
+)
+
+from .losses import image_losses, pixel_losses
+from .metrics import ImageMeter, PixelMeter
+from .trainer import TaskFamily, evaluation_batches
+from .viz import pixel_panel
+
+ModelFn = Callable[[Tensor], dict[str, Tensor]]
+
+# Validation subsets are carved with a fixed seed, independent of --seed, so that runs with
+# different seeds select their best epoch on the same images.
+VAL_SEED = 0
+
+
+# -- pixel tasks (NYUv2) ---------------------------------------------------------------------
+
+def pixel_datasets(args: argparse.Namespace):
+    train = NYUv2(args.data_root, "train_noval", val_fraction=args.val_fraction, val_seed=VAL_SEED)
+    val = NYUv2(args.data_root, "val", val_fraction=args.val_fraction, val_seed=VAL_SEED)
+    return train, val, PixelTrainTransform(args.crop_size), PixelEvalTransform(args.crop_size)
+
+
+@torch.no_grad()
+def predict_pixel(model_fn: ModelFn, loader: Iterable, crop_size: int, device: torch.device,
+                  limit: int | None = None) -> Iterator[tuple[dict[str, Any], Tensor, Tensor]]:
+    """Full-resolution predictions (sliding windows, see data.transforms):
+    yields (batch, seg (B, H, W) class ids, depth (B, H, W) metres)."""
+    for batch in evaluation_batches(loader, limit):
+        image = batch["image"].to(device, non_blocking=True)
+        out = sliding_window_predict(model_fn, image, crop_size)
+        yield batch, out["seg"].argmax(1), out["depth"][:, 0]
+
+
+def pixel_evaluate(model_fn: ModelFn, loader: Iterable, device: torch.device, limit: int | None,
+                   num_classes: int, crop_size: int) -> dict[str, float]:
+    meter = PixelMeter(num_classes, device)
+    for batch, seg, depth in predict_pixel(model_fn, loader, crop_size, device, limit):
+        meter.update(seg, batch["seg"].to(device), depth, batch["depth"][:, 0].to(device))
+    meter.reduce()
+    return meter.compute()
+
+
+def pixel_panels(model_fn: ModelFn, dataset, crop_size: int, device: torch.device, n: int = 2) -> list[np.ndarray]:
+    """Input | seg truth | seg prediction | depth truth | depth prediction for the first samples."""
+    panels = []
+    for i in range(min(n, len(dataset))):
+        s = dataset[i]
+        batch = {k: (v[None] if isinstance(v, Tensor) else [v]) for k, v in s.items()}
+        _, seg, depth = next(predict_pixel(model_fn, [batch], crop_size, device))
+        panel = pixel_panel(s["image"], s["seg"].numpy(), seg[0].cpu().numpy(), s["depth"][0].numpy(),
+                            depth[0].cpu().numpy())
+        panels.append(panel[::2, ::2])  # half size is plenty for TensorBoard
+    return panels
+
+
+def pixel_family(args: argparse.Namespace) -> TaskFamily:
+    num_classes: dict[str, int] = {}
+
+    def datasets(a):
+        train, val, tf, ef = pixel_datasets(a)
+        num_classes["seg"] = train.num_classes
+        return train, val, tf, ef
+
+    return TaskFamily(
+        kind="pixel",
+        datasets=datasets,
+        tasks=lambda train: {"seg": train.num_classes, "depth": 1},
+        losses=lambda out, batch: pixel_losses(out, batch, args.depth_loss),
+        evaluate=lambda fn, loader, device, limit: pixel_evaluate(fn, loader, device, limit, num_classes["seg"],
+                                                                  args.crop_size),
+        panels=lambda fn, ds, device: pixel_panels(fn, ds, args.crop_size, device),
+    )
+
+
+# -- image tasks (Adience) -------------------------------------------------------------------
+
+def image_datasets(args: argparse.Namespace):
+    train_folds, _ = adience_protocol(args.test_fold)
+    full = Adience(args.data_root, train_folds, image_dir=args.image_dir)
+    train_idx, val_idx = split_train_val(full, args.val_fraction, VAL_SEED)
+    resize = round(args.crop_size * 256 / 224)  # the 256 -> 224 ratio of the usual protocol
+    return (Subset(full, train_idx), Subset(full, val_idx), ImageTrainTransform(resize, args.crop_size),
+            ImageEvalTransform(resize, args.crop_size))
+
+
+@torch.no_grad()
+def predict_image(model_fn: ModelFn, loader: Iterable, device: torch.device,
+                  limit: int | None = None) -> Iterator[tuple[dict[str, Any], Tensor, Tensor]]:
+    """Yields (batch, gender (B,), age (B,)) predicted class ids."""
+    for batch in evaluation_batches(loader, limit):
+        out = model_fn(batch["image"].to(device, non_blocking=True))
+        yield batch, out["gender"].argmax(1), out["age"].argmax(1)
+
+
+def image_evaluate(model_fn: ModelFn, loader: Iterable, device: torch.device, limit: int | None) -> dict[str, float]:
+    meter = ImageMeter(device=device)
+    for batch, gender, age in predict_image(model_fn, loader, device, limit):
+        meter.update(gender, torch.as_tensor(batch["gender"], device=device), age,
+                     torch.as_tensor(batch["age"], device=device))
+    meter.reduce()
+    return meter.compute()
+
+
+def image_family(args: argparse.Namespace) -> TaskFamily:
+    return TaskFamily(
+        kind="image",
+        datasets=image_datasets,
+        tasks=lambda train: {"gender": 2, "age": 8},
+        losses=image_losses,
+        evaluate=image_evaluate,
+        panels=None,
+    )

@@ -1,0 +1,452 @@
+"""The training loop shared by train_pixel.py and train_image.py.
+
+A script supplies a ``TaskFamily`` (datasets, losses, metrics and pictures of its tasks);
+everything else — arguments, model and optimiser set-up, AMP, DDP, checkpoints, exact
+resume, signals, logging — lives here once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from data import DataError
+from models import ModelConfig, MultiTaskNet, init_from_stage1, model_from_config
+from models.afa import DEFAULT_TAU, GRAD_MODES
+from models.multitask import FUSIONS
+
+from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from .logger import RunLogger
+from .metrics import validation_score
+from .sampler import EpochSampler, SeededDataset
+from .schedule import SCHEDULES, build_scheduler
+
+BIG = 2 ** 62  # "no non-finite loss seen yet" in the on-device tracker
+
+
+class UserError(Exception):
+    """A mistake in the command line or its inputs: printed as one line, exit code 2."""
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+@dataclass
+class TaskFamily:
+    """What a training script plugs into the loop.
+
+    kind: 'image' or 'pixel'.
+    datasets(args) -> (train, val, train_transform, eval_transform): raw-sample datasets.
+    tasks(train) -> {task: output channels} for the model.
+    losses(out, batch) -> {task: scalar loss}.
+    evaluate(model_fn, loader, device, limit) -> pooled metrics (reduced over ranks).
+    panels(model_fn, dataset, device) -> example pictures (H, W, 3) for TensorBoard, or None.
+    """
+
+    kind: str
+    datasets: Callable[[argparse.Namespace], tuple[Dataset, Dataset, Callable, Callable]]
+    tasks: Callable[[Any], dict[str, int]]
+    losses: Callable[[dict[str, Tensor], dict[str, Any]], dict[str, Tensor]]
+    evaluate: Callable[..., dict[str, float]]
+    panels: Callable[..., list[np.ndarray]] | None = None
+
+
+def common_args(parser: argparse.ArgumentParser, kind: str, defaults: dict[str, Any]) -> argparse.ArgumentParser:
+    """Flags shared by both training scripts (the stable ones keep their names); ``defaults``
+    holds the family's recipe (crop_size, epochs, batch_size, lr, weight_decay, schedule ...)."""
+    p = parser
+    p.add_argument("--data-root", required=True, help="dataset folder (see README: prepared NYUv2 / Adience)")
+    p.add_argument("--fusion", choices=FUSIONS, default="none", help="none = stage 1 (single-task pair), afa = stage 2")
+    p.add_argument("--grad-mode", choices=GRAD_MODES, default="protect", help="AFA gradient mode (models/afa.py)")
+    p.add_argument("--tau", type=float, default=DEFAULT_TAU, help="adaptive mode's norm-ratio threshold")
+    p.add_argument("--protect-tasks", nargs="+", default=None,
+                   help="protect mode: tasks whose branch is shielded (default: both, as the original code)")
+    p.add_argument("--init", default=None, help="stage 2: the stage-1 checkpoint (--fusion none) to start from")
+    p.add_argument("--pretrained", default="imagenet",
+                   help="backbone init for stage 1: imagenet (torchvision download), PATH to a ResNet-50 "
+                        "state dict, or none")
+    p.add_argument("--epochs", type=int, help="total epochs (with --resume: continue until this many)")
+    p.add_argument("--batch-size", type=int, help="per-process batch size")
+    p.add_argument("--lr", type=float, help="base learning rate (backbone; groups scale it)")
+    p.add_argument("--lr-mult", type=json.loads, default=None,
+                   help='JSON multipliers per group, e.g. \'{"afa": 1000, "head": 1}\' (default: the reference recipe)')
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", choices=SCHEDULES)
+    p.add_argument("--warmup-iters", type=int, default=0, help="linear warm-up iterations")
+    p.add_argument("--step-every", type=int, default=0, help="step schedule: iterations between x0.1 steps")
+    p.add_argument("--crop-size", type=int,
+                   help="square input size of the network (sets SAM's size)")
+    p.add_argument("--limit-batches", type=int, default=None,
+                   help="at most N batches per epoch in training and in validation (smoke runs)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per rank")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                   help="autocast precision (fp16 uses a gradient scaler and needs CUDA)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (fast with AMP)")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across DDP ranks")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help=f"checkpoint path (default weight/{kind}_<single|afa>_last.pth); "
+                                               "the best-by-validation model is saved beside it as *_best.pth")
+    p.add_argument("--logdir", default=None, help="TensorBoard + log.jsonl folder (default runs/<name>)")
+    p.add_argument("--resume", default=None, help="checkpoint to continue from (exactly)")
+    p.add_argument("--log-every", type=int, default=10, help="iterations between loss/lr scalars")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of the training data held out for validation")
+    p.set_defaults(**defaults)
+    return p
+
+
+def run_name(args: argparse.Namespace, kind: str) -> str:
+    name = f"{kind}_{'single' if args.fusion == 'none' else 'afa'}"
+    return name + (f"_fold{args.test_fold}" if getattr(args, "test_fold", None) is not None else "")
+
+
+def best_path(out: str | Path) -> Path:
+    out = Path(out)
+    stem = out.stem[: -len("_last")] if out.stem.endswith("_last") else out.stem
+    return out.with_name(f"{stem}_best{out.suffix or '.pth'}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def plain_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+class StopFlag:
+    """Set by SIGINT / SIGTERM; the loop saves a resumable checkpoint at the next batch boundary."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old[s] = signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\nreceived {signal.Signals(signum).name}: saving a resumable checkpoint after this batch", flush=True)
+
+    def restore(self) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def make_loader(dataset: Dataset, batch: int, workers: int, sampler: EpochSampler, device: torch.device,
+                drop_last: bool) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=drop_last,
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        # The loader draws worker base seeds from its own generator, so the global RNG (dropout)
+        # is untouched by iterator creation; samples are seeded by SeededDataset anyway.
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, Tensor):
+            v = v.to(device, non_blocking=True)
+            if k == "image" and channels_last and v.ndim == 4:
+                v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
+
+
+def train_one_epoch(model: nn.Module, family: TaskFamily, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scheduler, scaler, args: argparse.Namespace, dist: DistInfo, logger: RunLogger,
+                    state: dict[str, Any], stop: StopFlag, save_interrupted: Callable[[], None]) -> dict[str, float]:
+    """One epoch of training; returns the mean loss per task. ``state`` carries epoch,
+    iteration and batch_in_epoch so that an interruption can be saved and resumed exactly."""
+    model.train()
+    device = dist.device
+    tasks = list(family_tasks(model))
+    loss_sum = torch.zeros(len(tasks), device=device)
+    window = torch.zeros(len(tasks), device=device)
+    first_bad = torch.full((len(tasks),), BIG, dtype=torch.int64, device=device)
+    n_done, n_window = 0, 0
+    total = len(loader) if args.limit_batches is None else min(len(loader), args.limit_batches - state["batch_in_epoch"])
+    bar = tqdm(total=max(total, 0), desc=f"epoch {state['epoch'] + 1}/{args.epochs}", disable=not dist.is_main,
+               dynamic_ncols=True, leave=False)
+    for batch in loader:
+        if n_done >= total:
+            break
+        batch = to_device(batch, device, args.channels_last)
+        with autocast(device, args.amp):
+            out = model(batch["image"])
+        losses = family.losses(out, batch)
+        vec = torch.stack([losses[t] for t in tasks])
+        loss = vec.sum()
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        # Bookkeeping stays on the device: no host sync per iteration.
+        vec = vec.detach()
+        it = state["iteration"]
+        first_bad = torch.minimum(first_bad, torch.where(torch.isfinite(vec), BIG, it))
+        loss_sum += vec
+        window += vec
+        n_done, n_window = n_done + 1, n_window + 1
+        state["iteration"] += 1
+        state["batch_in_epoch"] += 1
+        bar.update(1)
+        at_log = state["iteration"] % args.log_every == 0
+        if at_log or device.type == "cpu":
+            check_finite(first_bad, tasks)
+        if at_log:
+            means = (window / n_window).tolist()
+            logger.scalars({t: v for t, v in zip(tasks, means)}, state["iteration"], head="loss/")
+            logger.scalars({f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)},
+                           state["iteration"], head="opt/")
+            bar.set_postfix({t: f"{v:.3f}" for t, v in zip(tasks, means)})
+            window.zero_()
+            n_window = 0
+        if should_stop(stop, dist, at_log):
+            bar.close()
+            check_finite(first_bad, tasks)
+            save_interrupted()
+            raise SystemExit(128 + (stop.signum or signal.SIGTERM))
+    bar.close()
+    check_finite(first_bad, tasks)
+    means = (loss_sum / max(n_done, 1)).tolist()
+    return {t: v for t, v in zip(tasks, means)}
+
+
+def family_tasks(model: nn.Module) -> list[str]:
+    return list(getattr(model, "module", model).tasks)
+
+
+def check_finite(first_bad: Tensor, tasks: list[str]) -> None:
+    bad = first_bad.cpu()
+    if int(bad.min()) < BIG:
+        i = int(bad.argmin())
+        raise NonFiniteLoss(f"non-finite {tasks[i]} loss at iteration {int(bad[i])}")
+
+
+def should_stop(stop: StopFlag, dist: DistInfo, at_log: bool) -> bool:
+    """Ranks must stop at the same batch: when distributed the flag is agreed on at log steps."""
+    if not dist.distributed:
+        return bool(stop.signum)
+    if not at_log:
+        return False
+    flag = torch.tensor([1 if stop.signum else 0], device=dist.device)
+    return bool(all_reduce_sum(flag).item())
+
+
+def build_optimizer(model: MultiTaskNet, args: argparse.Namespace, device: torch.device) -> torch.optim.Optimizer:
+    groups = model.param_groups(args.lr, args.lr_mult, args.weight_decay)
+    kw: dict[str, Any] = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, **kw)
+
+
+def checkpoint_state(model: MultiTaskNet, optimizer, scheduler, scaler, state: dict[str, Any],
+                     args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "model": model.state_dict(), "model_config": model.config.to_dict(), "kind": model.config.kind,
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": state["epoch"], "iteration": state["iteration"], "batch_in_epoch": state["batch_in_epoch"],
+        "best": state["best"], "best_metrics": state.get("best_metrics"), "rng": capture_rng(),
+        "args": plain_args(args),
+    }
+
+
+def load_stage1(path: str, config: ModelConfig) -> dict[str, Tensor]:
+    """The state dict of a stage-1 checkpoint that fits ``config`` (same kind and tasks, fusion 'none')."""
+    ck = load_checkpoint(path)
+    src = ck.get("model_config") or {}
+    problems = []
+    if src.get("kind") != config.kind:
+        problems.append(f"kind {src.get('kind')!r} (expected {config.kind!r})")
+    if src.get("fusion") != "none":
+        problems.append(f"fusion {src.get('fusion')!r} (expected 'none': a stage-1 checkpoint)")
+    if src.get("tasks") and dict(src["tasks"]) != dict(config.tasks):
+        problems.append(f"tasks {src['tasks']} (expected {config.tasks})")
+    if problems:
+        raise UserError(f"--init {path}: not a stage-1 checkpoint for this network: " + "; ".join(problems))
+    return ck["model"]
+
+
+def main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
+    """Set everything up from ``args`` and train. Returns the process exit code."""
+    try:
+        return _main_loop(args, family)
+    except (UserError, DataError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as e:
+        print(f"error: {e}; stopped, the last good checkpoint is kept", file=sys.stderr)
+        return 3
+    finally:
+        cleanup()
+
+
+def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
+    if args.amp == "fp16" and args.device == "cpu":
+        raise UserError("--amp fp16 needs CUDA (use --amp bf16 on CPU)")
+    dist = init_distributed(args.device)
+    if args.amp == "fp16" and dist.device.type != "cuda":
+        raise UserError("--amp fp16 needs CUDA (use --amp bf16 on CPU)")
+    name = run_name(args, family.kind)
+    args.out = args.out or str(Path("weight") / f"{name}_last.pth")
+    args.logdir = args.logdir or str(Path("runs") / name)
+    seed_everything(args.seed)
+
+    resume = load_checkpoint(args.resume) if args.resume else None
+    if resume is not None:
+        if resume.get("kind") != family.kind:
+            raise UserError(f"--resume {args.resume}: a {resume.get('kind')!r} checkpoint, this script trains "
+                            f"{family.kind!r} networks")
+        config = ModelConfig(**resume["model_config"])
+    train_set, val_set, train_tf, eval_tf = family.datasets(args)
+    if resume is None:
+        config = ModelConfig(kind=family.kind, fusion=args.fusion, grad_mode=args.grad_mode,
+                             tasks=family.tasks(train_set), input_size=args.crop_size, tau=args.tau,
+                             protect_tasks=args.protect_tasks)
+    model = model_from_config(config.to_dict())
+    if resume is None:
+        if args.init:
+            report = init_from_stage1(model, load_stage1(args.init, config))
+            if dist.is_main:
+                print(f"init from {args.init}: {len(report['loaded'])} tensors loaded (trunks); "
+                      f"{len(report['kept'])} kept as initialised (AFA layers, heads)")
+        elif args.pretrained and args.pretrained != "none":
+            unused = model.load_backbone_weights(args.pretrained)
+            if dist.is_main:
+                print(f"backbones from {args.pretrained}; unused keys: {', '.join(unused) or 'none'}")
+    model.to(dist.device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, args, dist.device)
+    train_ds = SeededDataset(train_set, train_tf, args.seed)
+    val_ds = SeededDataset(val_set, eval_tf, args.seed)
+    train_sampler = EpochSampler(len(train_ds), args.seed, True, dist.rank, dist.world_size)
+    val_sampler = EpochSampler(len(val_ds), args.seed, False, dist.rank, dist.world_size, pad=False)
+    train_loader = make_loader(train_ds, args.batch_size, args.workers, train_sampler, dist.device, drop_last=True)
+    val_loader = make_loader(val_ds, max(1, args.batch_size // 2) if family.kind == "pixel" else args.batch_size,
+                             args.workers, val_sampler, dist.device, drop_last=False)
+    if len(train_loader) == 0:
+        raise UserError(f"{args.data_root}: {len(train_ds)} training samples per process is fewer than "
+                        f"--batch-size {args.batch_size}")
+    iters_per_epoch = len(train_loader) if args.limit_batches is None else min(len(train_loader), args.limit_batches)
+    scheduler = build_scheduler(optimizer, args.epochs * iters_per_epoch, args.schedule, args.warmup_iters,
+                                args.step_every)
+    scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
+    state: dict[str, Any] = {"epoch": 0, "iteration": 0, "batch_in_epoch": 0, "best": -math.inf,
+                             "best_metrics": None}
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        if scaler is not None and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        for k in ("epoch", "iteration", "batch_in_epoch", "best", "best_metrics"):
+            state[k] = resume[k]
+        restore_rng(resume["rng"])
+        if dist.is_main:
+            print(f"resumed {args.resume}: epoch {state['epoch']}, iteration {state['iteration']}")
+
+    net: nn.Module = model
+    if dist.distributed:
+        if args.sync_bn:
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[dist.local_rank] if dist.device.type == "cuda"
+                                                  else None)
+    logger = RunLogger(args.logdir, dist.is_main)
+    stop = StopFlag()
+    stop.install()
+
+    def save(path: str | Path) -> None:
+        if dist.is_main:
+            save_checkpoint(checkpoint_state(model, optimizer, scheduler, scaler, state, args), path)
+
+    def model_fn(x: Tensor) -> dict[str, Tensor]:
+        # The unwrapped model: ranks evaluate unequal shares, and DDP's forward would try to
+        # synchronise buffers with ranks that have already finished.
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(dist.device, args.amp):
+            return {k: v.float() for k, v in model(x).items()}
+
+    try:
+        while state["epoch"] < args.epochs:
+            epoch = state["epoch"]
+            train_sampler.set_epoch(epoch, skip_samples=state["batch_in_epoch"] * args.batch_size)
+            t0 = time.time()
+            train_loss = train_one_epoch(net, family, train_loader, optimizer, scheduler, scaler, args, dist,
+                                         logger, state, stop, lambda: save(args.out))
+            model.eval()
+            metrics = family.evaluate(model_fn, val_loader, dist.device, args.limit_batches)
+            score = validation_score(metrics)
+            state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
+            improved = score > state["best"]
+            if improved:
+                state["best"], state["best_metrics"] = score, metrics
+            logger.scalars(metrics, state["epoch"], head="val/")
+            logger.scalars({"score": score}, state["epoch"], head="val/")
+            if family.panels is not None and dist.is_main:
+                for i, img in enumerate(family.panels(model_fn, val_ds, dist.device)):
+                    logger.image(f"val/example_{i}", img, state["epoch"])
+            logger.epoch_line({"epoch": state["epoch"], "iteration": state["iteration"], "time_s": time.time() - t0,
+                               **{f"train/{k}": v for k, v in train_loss.items()},
+                               **{f"val/{k}": v for k, v in metrics.items()}, "val/score": score})
+            logger.flush()
+            save(args.out)
+            if improved:
+                save(best_path(args.out))
+            if dist.is_main:
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                print(f"epoch {state['epoch']}/{args.epochs}: loss {train_loss} | val {shown} | "
+                      f"score {score:.4f}{' (best)' if improved else ''}", flush=True)
+            barrier()
+    finally:
+        stop.restore()
+        logger.close()
+    if dist.is_main:
+        print(f"done: {args.out} (latest), {best_path(args.out)} (best, score {state['best']:.4f})")
+    return 0
+
+
+def evaluation_batches(loader: Iterable, limit: int | None) -> Iterable:
+    for i, batch in enumerate(loader):
+        if limit is not None and i >= limit:
+            break
+        yield batch
