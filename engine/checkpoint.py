@@ -59,7 +59,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             ) from None
         raise CheckpointError(f"checkpoint {path}: corrupt or not a torch checkpoint ({first})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path}: corrupt or not a torch checkpoint ({type(e).__name__}: {e})") from None
+        detail = f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"checkpoint {path}: corrupt or not a torch checkpoint ({detail})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path}: not a training checkpoint of this project (no 'model' entry)")
     return state

@@ -9,7 +9,7 @@ which makes ``--resume`` exact, also in the middle of an epoch.
 from __future__ import annotations
 
 import random
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch

@@ -7,7 +7,8 @@ generators are shared with eval.py so that saved predictions are exactly what th
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,8 +16,15 @@ from torch import Tensor
 from torch.utils.data import Subset
 
 from data import (
-    Adience, ImageEvalTransform, ImageTrainTransform, NYUv2, PixelEvalTransform, PixelTrainTransform,
-    adience_protocol, sliding_window_predict, split_train_val,
+    Adience,
+    ImageEvalTransform,
+    ImageTrainTransform,
+    NYUv2,
+    PixelEvalTransform,
+    PixelTrainTransform,
+    adience_protocol,
+    sliding_window_predict,
+    split_train_val,
 )
 
 from .losses import image_losses, pixel_losses

@@ -10,15 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -197,7 +197,9 @@ def train_one_epoch(model: nn.Module, family: TaskFamily, loader: DataLoader, op
     window = torch.zeros(len(tasks), device=device)
     first_bad = torch.full((len(tasks),), BIG, dtype=torch.int64, device=device)
     n_done, n_window = 0, 0
-    total = len(loader) if args.limit_batches is None else min(len(loader), args.limit_batches - state["batch_in_epoch"])
+    total = len(loader)
+    if args.limit_batches is not None:
+        total = min(total, args.limit_batches - state["batch_in_epoch"])
     bar = tqdm(total=max(total, 0), desc=f"epoch {state['epoch'] + 1}/{args.epochs}", disable=not dist.is_main,
                dynamic_ncols=True, leave=False)
     for batch in loader:

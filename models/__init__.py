@@ -1,6 +1,6 @@
 """AFA networks: two task branches joined by adaptive feature aggregation layers."""
 
-from .afa import AFALayer, CAM, SAM
+from .afa import CAM, SAM, AFALayer
 from .multitask import DEFAULTS, ModelConfig, MultiTaskNet, build_model, init_from_stage1, model_from_config
 from .reference import convert_reference_state_dict, to_reference_state_dict
 

@@ -32,7 +32,7 @@ Gradient modes (forward values are identical in all of them):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Mapping, Union
+from collections.abc import Mapping
+from typing import Union
 
 import torch
 from torch import Tensor, nn
 from torchvision.models import ResNet50_Weights, resnet50
 
-WeightsSpec = Union[None, str, os.PathLike, Mapping[str, Tensor]]
+WeightsSpec = Union[None, str, os.PathLike, Mapping[str, Tensor]]  # noqa: UP007 (a runtime alias, py3.9-safe)
 
 MULTI_GRID = (1, 2, 4)
 
@@ -79,7 +80,9 @@ def torchvision_state_dict(weights: WeightsSpec) -> dict[str, Tensor]:
         return ResNet50_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
     path = os.fspath(weights)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"backbone weights {path!r}: no such file (expected a torchvision ResNet-50 state dict)")
+        raise FileNotFoundError(
+            f"backbone weights {path!r}: no such file (expected a torchvision ResNet-50 state dict)"
+        )
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt / pickled-code files

@@ -14,7 +14,7 @@ any dict of tensors named either way (weights, buffers, gradients) converts.
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import Tensor
 

@@ -10,7 +10,13 @@ import torch.nn.functional as F
 import torchvision
 
 from models import (
-    AFALayer, CAM, SAM, build_model, convert_reference_state_dict, init_from_stage1, to_reference_state_dict,
+    CAM,
+    SAM,
+    AFALayer,
+    build_model,
+    convert_reference_state_dict,
+    init_from_stage1,
+    to_reference_state_dict,
 )
 
 torch.set_num_threads(2)
@@ -293,7 +299,8 @@ def test_stage2_initialisation_takes_the_trunks_and_reports():
     assert any(k.startswith("fusions.") for k in report["kept"]) and any(k.startswith("heads.") for k in report["kept"])
     for k in report["loaded"]:
         assert torch.equal(sd[k], single.state_dict()[k])
-    assert not torch.equal(sd["heads.seg.decoder.classifier.weight"], single.state_dict()["heads.seg.decoder.classifier.weight"])
+    head = "heads.seg.decoder.classifier.weight"
+    assert not torch.equal(sd[head], single.state_dict()[head])
     with pytest.raises(ValueError, match="missing"):
         init_from_stage1(fused, build_model("image", "none", input_size=64).state_dict())
     with pytest.raises(ValueError, match="not from a single-task network .*fusions.0"):

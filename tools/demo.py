@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from data import NYUv2, Adience, adience_protocol  # noqa: E402
+from data import Adience, NYUv2, adience_protocol  # noqa: E402
 from engine.metrics import ImageMeter, PixelMeter  # noqa: E402
 
 PIXEL = ["--crop-size", "160", "--batch-size", "4", "--lr", "0.02", "--workers", "2", "--device", "cpu"]
