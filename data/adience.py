@@ -146,12 +146,13 @@ class _HasSubjects(Protocol):
 
 def split_train_val(dataset: _HasSubjects, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[int], list[int]]:
     """Subject-exclusive (train_indices, val_indices), both sorted: subjects in a seeded random order
-    (np.random.default_rng(seed)) go to val until it holds at least round(val_fraction * len) samples."""
+    (np.random.default_rng(seed)) go to val until it holds at least round(val_fraction * len) samples (at least
+    one when val_fraction > 0)."""
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     subjects = list(dict.fromkeys(dataset.subjects))  # first-appearance order, so the result depends on seed only
     order = np.random.default_rng(seed).permutation(len(subjects))
-    target = round(val_fraction * len(dataset.subjects))
+    target = max(round(val_fraction * len(dataset.subjects)), 1 if val_fraction > 0 else 0)
     count = Counter(dataset.subjects)
     val_subjects: set[str] = set()
     size = 0

@@ -11,7 +11,7 @@ Split names:
 
 - ``'train'``, ``'test'``: the official splits, unchanged, in split-file order (MTAN: ``train/`` and ``val/``).
 - ``'val'``: a seeded validation subset of ``'train'`` for model selection: ``round(val_fraction * n_train)``
-  frames, the first ones of ``np.random.default_rng(val_seed).permutation(n_train)``, sorted back to file order
+  frames (at least one), the first ones of ``np.random.default_rng(val_seed).permutation(n_train)``, sorted back to file order
   (defaults: 10 %, seed 0).
 - ``'train_noval'``: ``'train'`` minus ``'val'``.
 
@@ -50,7 +50,8 @@ def carve_val(n: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[np.ndar
     permutation."""
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n_val = round(val_fraction * n)
+    # At least one frame when asked for any, so that tiny sets still select on something.
+    n_val = max(round(val_fraction * n), 1 if val_fraction > 0 and n > 1 else 0)
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 

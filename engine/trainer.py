@@ -362,12 +362,18 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
     val_ds = SeededDataset(val_set, eval_tf, args.seed)
     train_sampler = EpochSampler(len(train_ds), args.seed, True, dist.rank, dist.world_size)
     val_sampler = EpochSampler(len(val_ds), args.seed, False, dist.rank, dist.world_size, pad=False)
+    per_rank = len(train_sampler)
+    if per_rank < 2:  # BatchNorm cannot train on single samples (ASPP's pooled branch is 1x1)
+        raise UserError(f"{args.data_root}: {len(train_ds)} training samples ({per_rank} per process); need at least 2")
+    if per_rank < args.batch_size:
+        if dist.is_main:
+            print(f"note: {per_rank} training samples per process, fewer than --batch-size {args.batch_size}: "
+                  f"using batches of {per_rank}")
+        args.batch_size = per_rank
+    # drop_last: a last batch of one sample would break BatchNorm in training mode.
     train_loader = make_loader(train_ds, args.batch_size, args.workers, train_sampler, dist.device, drop_last=True)
     val_loader = make_loader(val_ds, max(1, args.batch_size // 2) if family.kind == "pixel" else args.batch_size,
                              args.workers, val_sampler, dist.device, drop_last=False)
-    if len(train_loader) == 0:
-        raise UserError(f"{args.data_root}: {len(train_ds)} training samples per process is fewer than "
-                        f"--batch-size {args.batch_size}")
     iters_per_epoch = len(train_loader) if args.limit_batches is None else min(len(train_loader), args.limit_batches)
     scheduler = build_scheduler(optimizer, args.epochs * iters_per_epoch, args.schedule, args.warmup_iters,
                                 args.step_every)
@@ -419,7 +425,8 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
             metrics = family.evaluate(model_fn, val_loader, dist.device, args.limit_batches)
             score = validation_score(metrics)
             state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
-            improved = score > state["best"]
+            # A NaN score (e.g. no valid pixel in a tiny validation set) never blocks the first best.
+            improved = score > state["best"] or not math.isfinite(state["best"])
             if improved:
                 state["best"], state["best_metrics"] = score, metrics
             logger.scalars(metrics, state["epoch"], head="val/")

@@ -311,3 +311,10 @@ def test_torchrun_two_processes_on_cpu(adience, tmp_path):
     ck = load_checkpoint(tmp_path / "ddp_last.pth")
     assert ck["iteration"] == 2 and ck["args"]["fusion"] == "afa"
     assert done.stdout.count("done:") == 1  # rank 0 alone reports and writes
+
+
+def test_small_training_set_uses_smaller_batches(adience, tmp_path, capsys):
+    args = image_args(adience, tmp_path, "--batch-size", "500", "--limit-batches", "1")
+    assert train_image.main(args) == 0
+    assert "fewer than --batch-size 500: using batches of" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "image_last.pth")["iteration"] == 1
