@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP_INSTALL := $(PY) -m pip install -q
 
-.PHONY: venv test demo clean
+.PHONY: venv test demo bench clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ test: venv
 # evaluation against the majority-class baseline, TensorBoard runs and PNG plots under demo/.
 demo: venv
 	$(PY) tools/demo.py --out demo
+
+# Training-step and input-pipeline speed on this machine (python bench.py --help for more).
+bench: venv
+	$(PY) bench.py --modes fp32 bf16+cl --pipeline
 
 clean:
 	rm -rf $(VENV) demo runs

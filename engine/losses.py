@@ -15,17 +15,18 @@ def depth_loss(pred: Tensor, target: Tensor, kind: str = "berhu") -> Tensor:
     berHu: |e| where |e| <= c, (e^2 + c^2) / (2c) above, with c = 0.2 * max |e| over the
     batch's valid pixels (treated as a constant, as in Laina et al. 2016).
     """
+    # Masking with where() instead of boolean indexing keeps shapes static: no host-device sync
+    # per step on GPU. A batch without valid pixels gives 0 (n is clamped to 1).
     valid = target > 0
-    err = (pred.float() - target)[valid]
-    if err.numel() == 0:  # no valid pixel in the batch: a zero that keeps the graph
-        return pred.sum() * 0.0
+    n = valid.sum().clamp_min(1)
+    err = torch.where(valid, pred.float() - target, 0.0)
     if kind == "l1":
-        return err.abs().mean()
+        return err.abs().sum() / n
     if kind == "mse":
-        return err.square().mean()
+        return err.square().sum() / n
     a = err.abs()
     c = (0.2 * a.max()).detach().clamp_min(1e-6)
-    return torch.where(a <= c, a, (a.square() + c * c) / (2 * c)).mean()
+    return torch.where(valid & (a > c), (a.square() + c * c) / (2 * c), a).sum() / n
 
 
 def pixel_losses(out: dict[str, Tensor], batch: dict[str, Tensor], depth_kind: str = "berhu") -> dict[str, Tensor]:

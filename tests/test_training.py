@@ -318,3 +318,17 @@ def test_small_training_set_uses_smaller_batches(adience, tmp_path, capsys):
     assert train_image.main(args) == 0
     assert "fewer than --batch-size 500: using batches of" in capsys.readouterr().out
     assert load_checkpoint(tmp_path / "image_last.pth")["iteration"] == 1
+
+
+def test_depth_losses_use_valid_pixels_only():
+    from engine.losses import depth_loss
+
+    pred = torch.tensor([[[[1.0, 2.0, 5.0, 9.0]]]])
+    target = torch.tensor([[[[1.5, 2.0, 1.0, 0.0]]]])  # the last pixel has no ground truth
+    e = np.array([0.5, 0.0, 4.0])
+    c = 0.2 * 4.0  # berHu threshold: 0.2 * max |e| over valid pixels
+    berhu = np.where(np.abs(e) <= c, np.abs(e), (e ** 2 + c ** 2) / (2 * c)).mean()
+    assert depth_loss(pred, target, "berhu").item() == pytest.approx(berhu)
+    assert depth_loss(pred, target, "l1").item() == pytest.approx(np.abs(e).mean())
+    assert depth_loss(pred, target, "mse").item() == pytest.approx((e ** 2).mean())
+    assert depth_loss(pred, torch.zeros_like(target)).item() == 0.0

@@ -1,0 +1,651 @@
+"""Training-step and input-pipeline benchmark for the AFANet networks.
+
+Times full training steps (forward, losses as in engine/losses.py on random targets, backward,
+SGD momentum 0.9 over ``model.param_groups``) of the image and pixel networks, single-task pair
+(``none``) and fused (``afa``), in the chosen precision, memory format and execution mode; and,
+with ``--pipeline``, the input pipeline alone (dataset + training transforms + DataLoader).
+
+    python bench.py                                        # CPU: image b8 @224 and pixel b2 @300, fp32
+    python bench.py --amp bf16 --channels-last             # the fast CPU training mode
+    python bench.py --amp none bf16 --reference ~/AFANet   # side by side with the original code
+    python bench.py --device cuda --amp bf16 --channels-last --compile --batch-size 32 16
+    python bench.py --pipeline --workers 2                 # input pipeline on synthetic data
+    python bench.py --pipeline --nyu-root data/nyuv2_prepared --adience-root data/adience
+
+Per configuration it reports the minimum and median of ``--steps`` timed steps after ``--warmup``
+untimed ones (minimum over ``--rounds`` repetitions), images per second, the step's FLOPs
+(counted once with torch.utils.flop_counter.FlopCounterMode), the achieved FLOP/s against a
+matrix-multiply peak measured here on the same device and dtype, and peak memory (CUDA: the
+allocator's peak for that configuration; CPU: the process's peak RSS so far, which only grows:
+run one configuration per process to read it per configuration).
+
+``--reference DIR`` takes a checkout of the original zhenshen-mla/AFANet code (DIR or DIR/models
+holds layer_afa.py, net_image_resnet.py, net_image_afalayer.py, net_pixel_deeplab.py,
+net_pixel_afalayer.py). Those files are imported at run time, never copied, and the original
+network's fp32 eager NCHW step is timed in the same process (same batch, losses and optimiser);
+the report gives speed ratios original time / our time (> 1: ours is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from engine.losses import image_losses, pixel_losses
+from models import build_model
+from models.multitask import DEFAULTS, FUSIONS, KINDS
+
+TASKS = {k: tuple(d["tasks"]) for k, d in DEFAULTS.items()}  # image: (gender, age); pixel: (seg, depth)
+NUM_CLASSES = {"gender": 2, "age": 8, "seg": 40}
+IGNORE = 255
+CPU_DEFAULTS = {"image": (8, 224), "pixel": (2, 300)}  # batch, input size
+AMP_DTYPES = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ORIGINAL_FILES = ("layer_afa", "net_image_resnet", "net_image_afalayer", "net_pixel_deeplab", "net_pixel_afalayer")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="network families to time")
+    p.add_argument("--fusions", nargs="+", choices=FUSIONS, default=list(FUSIONS),
+                   help="none = single-task pair, afa = fused network")
+    p.add_argument("--grad-mode", default="protect", choices=("protect", "joint", "adaptive"),
+                   help="AFA gradient mode of our fused networks (the original's default is protect)")
+    p.add_argument("--batch-size", nargs="+", type=int, default=None,
+                   help="batch size, one value for all kinds or one per --kinds entry (default: image 8, pixel 2)")
+    p.add_argument("--input-size", nargs="+", type=int, default=None,
+                   help="square input side, one value or one per --kinds entry (default: image 224, pixel 300)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--amp", nargs="+", choices=tuple(AMP_DTYPES), default=["none"],
+                   help="precision(s): none = fp32, bf16 = bf16 autocast, fp16 = fp16 autocast + GradScaler")
+    p.add_argument("--channels-last", action="store_true", help="channels_last model and input")
+    p.add_argument("--modes", nargs="+", default=None, metavar="MODE",
+                   help="exact precision/layout combinations instead of --amp x --channels-last, e.g. "
+                        "'fp32 bf16+cl' (precision fp32|bf16|fp16, '+cl' = channels_last)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (compile time is not timed)")
+    p.add_argument("--tf32", action="store_true", help="CUDA: allow TF32 in fp32 matmuls and convolutions")
+    p.add_argument("--flush-denormal", action="store_true",
+                   help="CPU: flush subnormal floats to zero (FTZ/DAZ). The AFA softmax weights saturate and "
+                        "make subnormal features, which x86 handles slowly in fp32 (bf16 kernels flush anyway)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration and round")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per configuration and round")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat the whole sequence of configurations; times are pooled (helps with a busy machine)")
+    p.add_argument("--no-flops", action="store_true", help="skip the FLOP count and the matmul peak")
+    p.add_argument("--reference", default=None, metavar="DIR",
+                   help="checkout of the original AFANet code: also time its fp32 eager step and report ratios")
+    p.add_argument("--no-steps", action="store_true", help="skip the training-step benchmark")
+    p.add_argument("--pipeline", action="store_true", help="also time the input pipeline alone")
+    p.add_argument("--nyu-root", default=None,
+                   help="prepared NYUv2 folder for --pipeline (default: generate a synthetic one in a temp dir)")
+    p.add_argument("--adience-root", default=None,
+                   help="Adience folder for --pipeline (default: generate a synthetic one in a temp dir)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for --pipeline")
+    p.add_argument("--pipeline-batches", type=int, default=40, help="timed batches per dataset for --pipeline")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON to FILE")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+# -- one training step -----------------------------------------------------------------------
+
+@dataclass
+class StepConfig:
+    kind: str
+    fusion: str
+    batch: int
+    size: int
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    impl: str = "ours"  # 'ours' or 'original'
+    grad_mode: str = "protect"
+
+    @property
+    def label(self) -> str:
+        prec = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}[self.amp]
+        mode = ("CL" if self.channels_last else "NCHW") + (" compile" if self.compile else "")
+        return f"{self.kind}/{self.fusion} {self.impl} {prec} {mode}"
+
+
+def random_batch(kind: str, batch: int, size: int, device: torch.device, channels_last: bool,
+                 seed: int = 0) -> dict[str, Tensor]:
+    """Input (B, 3, S, S) and targets of the right kind: seg 0..39 with ~10 % 255, depth > 0 with
+    ~10 % 0 (invalid), gender 0..1, age 0..7."""
+    g = torch.Generator().manual_seed(seed)
+    out = {"image": torch.randn(batch, 3, size, size, generator=g)}
+    if kind == "image":
+        out.update(gender=torch.randint(0, 2, (batch,), generator=g), age=torch.randint(0, 8, (batch,), generator=g))
+    else:
+        seg = torch.randint(0, NUM_CLASSES["seg"], (batch, size, size), generator=g)
+        seg[torch.rand(seg.shape, generator=g) < 0.1] = IGNORE
+        depth = 0.5 + 9.5 * torch.rand(batch, 1, size, size, generator=g)
+        depth[torch.rand(depth.shape, generator=g) < 0.1] = 0.0
+        out.update(seg=seg, depth=depth)
+    out = {k: v.to(device) for k, v in out.items()}
+    if channels_last:
+        out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def optimizer_kwargs(device: torch.device) -> dict[str, Any]:
+    # As engine/trainer.py: one fused kernel on CUDA, multi-tensor (foreach) updates on CPU.
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+
+
+def build_ours(cfg: StepConfig, device: torch.device) -> tuple[nn.Module, list[dict[str, Any]]]:
+    model = build_model(cfg.kind, cfg.fusion, cfg.grad_mode, input_size=cfg.size).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, model.param_groups(0.01)
+
+
+class TrainStep:
+    """optimizer.zero_grad; autocast forward; summed task losses; backward; optimiser step.
+
+    No host-device synchronisation here (no .item(), no Python branches on tensor values); the
+    loss functions are engine/losses.py's. ``outputs`` names the entries of a tuple-returning
+    network (the original code) so that the same loss functions apply.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, kind: str, amp: str,
+                 device: torch.device, outputs: tuple[str, ...] | None = None) -> None:
+        self.model, self.optimizer, self.outputs = model, optimizer, outputs
+        self.losses = image_losses if kind == "image" else pixel_losses
+        self.device_type = device.type
+        self.dtype = AMP_DTYPES[amp]
+        self.amp = amp != "none"
+        self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+
+    def __call__(self, batch: dict[str, Tensor]) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.amp):
+            out = self.model(batch["image"])
+            if self.outputs is not None:
+                out = dict(zip(self.outputs, out))
+            loss = sum(self.losses(out, batch).values())
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+
+
+def time_steps(step: Callable[[dict[str, Tensor]], None], batch: dict[str, Tensor], warmup: int, steps: int,
+               device: torch.device, cpu_share: list[float] | None = None) -> list[float]:
+    """Seconds per step for ``steps`` steps after ``warmup``; CUDA steps are timed with events
+    (one synchronisation at the end, none between steps). On CPU, ``cpu_share`` receives each
+    step's CPU time / (wall time x threads): well below 1 means other processes took the cores."""
+    for _ in range(warmup):
+        step(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+        events[0].record()
+        for i in range(steps):
+            step(batch)
+            events[i + 1].record()
+        torch.cuda.synchronize(device)
+        return [a.elapsed_time(b) / 1e3 for a, b in zip(events, events[1:])]
+    times = []
+    for _ in range(steps):
+        c0, t0 = time.process_time(), time.perf_counter()
+        step(batch)
+        t1, c1 = time.perf_counter(), time.process_time()
+        times.append(t1 - t0)
+        if cpu_share is not None:  # CPU seconds this process got / (wall seconds x threads)
+            cpu_share.append((c1 - c0) / ((t1 - t0) * torch.get_num_threads()))
+    return times
+
+
+def count_flops(step: Callable[[dict[str, Tensor]], None], batch: dict[str, Tensor]) -> int:
+    """FLOPs of one training step (matmuls and convolutions, forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step(batch)
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 10) -> float:
+    """Best FLOP/s of a square matmul on ``device`` in ``dtype`` (the attainable peak the
+    step's achieved FLOP/s is compared with)."""
+    n = 2048 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = math.inf
+    for _ in range(repeats + 1):  # the first call warms up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+# -- the original code (optional) -------------------------------------------------------------
+
+def original_dir(path: str | Path) -> Path:
+    """DIR or DIR/models, whichever holds the original's files; a clear error otherwise."""
+    root = Path(path).expanduser()
+    for d in (root / "models", root):
+        if all((d / f"{name}.py").is_file() for name in ORIGINAL_FILES):
+            return d
+    missing = [f"{n}.py" for n in ORIGINAL_FILES if not (root / "models" / f"{n}.py").is_file()]
+    raise SystemExit(f"--reference {path}: expected a checkout of zhenshen-mla/AFANet with models/ holding "
+                     f"{', '.join(f + '.py' for f in ORIGINAL_FILES)}; missing {', '.join(missing)}")
+
+
+def import_original(path: str | Path) -> dict[str, Any]:
+    """Import the original files by path. They import each other by bare module name
+    (``from layer_afa import ...``), so they are registered under those names; the folder is
+    not put on sys.path, so nothing else there can shadow our packages."""
+    d = original_dir(path)
+    mods = {}
+    for name in ORIGINAL_FILES:  # layer_afa first: the others import it
+        if name in sys.modules and Path(getattr(sys.modules[name], "__file__", "")).parent == d:
+            mods[name] = sys.modules[name]
+            continue
+        spec = importlib.util.spec_from_file_location(name, d / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+        mods[name] = mod
+    return mods
+
+
+@contextlib.contextmanager
+def _patched(obj: Any, name: str, value: Any) -> Iterator[None]:
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+def build_original(mods: dict[str, Any], kind: str, fusion: str, size: int) -> nn.Module:
+    """The original network with random initialisation, its quirks neutralised at build time
+    without editing its files:
+
+    - image nets: ``ResNet(Bottleneck, [3, 4, 6, 3])`` directly (``make_network`` would download
+      ImageNet weights through torchvision's deprecated ``pretrained=True``);
+    - pixel nets: ``ResNet._load_pretrained_model`` is a no-op while building (same reason);
+    - net_pixel_afalayer builds ``AFA_layer_sam_data(361)``, which with layer_afa's (h, w)
+      signature is SAM(h=361, w=7): that name is pointed at a factory building SAM(h=w=side),
+      side = ceil(input size / 16) (19 at 300 px).
+    """
+    if kind == "image":
+        mod = mods["net_image_resnet" if fusion == "none" else "net_image_afalayer"]
+        return mod.ResNet(mod.Bottleneck, [3, 4, 6, 3])
+    mod = mods["net_pixel_deeplab" if fusion == "none" else "net_pixel_afalayer"]
+    side = -(-size // 16)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_patched(mod.ResNet, "_load_pretrained_model", lambda self: None))
+        if fusion == "afa":
+            sam_cls = mod.AFA_layer_sam_data
+            stack.enter_context(_patched(mod, "AFA_layer_sam_data", lambda *a, **k: sam_cls(h=side, w=side)))
+        return mod.DeepLab(output_stride=16, num_classes1=NUM_CLASSES["seg"], num_classes2=1)
+
+
+def original_param_groups(model: nn.Module, kind: str) -> list[dict[str, Any]]:
+    """The original training scripts' groups: image 1x / AFA 1000x, pixel backbone 1x / heads 10x."""
+    lr = 0.01
+    if kind == "image":
+        groups = [{"params": list(model.get_1x_lr_params()), "lr": lr}]
+        afa = list(model.get_1000x_lr_params())
+        groups += [{"params": afa, "lr": lr * 1000}] if afa else []
+    else:
+        groups = [{"params": list(model.get_1x_lr_params()), "lr": lr},
+                  {"params": list(model.get_10x_lr_params()), "lr": lr * 10}]
+    return groups
+
+
+def reference_supported(kind: str, size: int) -> str | None:
+    """Why the original cannot run at this size, or None. Its image nets hard-code 7x7 stage-4
+    maps (AvgPool2d(7), SAM(7, 7)): inputs of 193..224 px."""
+    if kind == "image" and -(-size // 32) != 7:
+        return f"the original image nets only take 193-224 px inputs (7x7 stage-4 maps), not {size}"
+    return None
+
+
+# -- running the configurations ----------------------------------------------------------------
+
+@dataclass
+class StepResult:
+    config: dict[str, Any]
+    label: str
+    times_s: list[float] = field(default_factory=list)
+    cpu_share: list[float] = field(default_factory=list)  # CPU only: see time_steps
+    flops: int | None = None
+    peak_memory_bytes: int | None = None
+    min_s: float = 0.0
+    median_s: float = 0.0
+    images_per_s: float = 0.0
+    achieved_flops_per_s: float | None = None
+    peak_fraction: float | None = None
+    best_step_cpu_share: float | None = None
+    error: str | None = None
+
+    def finish(self, batch: int, peak: float | None) -> None:
+        self.min_s, self.median_s = min(self.times_s), statistics.median(self.times_s)
+        self.images_per_s = batch / self.median_s
+        if self.cpu_share:
+            self.best_step_cpu_share = self.cpu_share[self.times_s.index(self.min_s)]
+        if self.flops:
+            self.achieved_flops_per_s = self.flops / self.min_s
+            self.peak_fraction = self.achieved_flops_per_s / peak if peak else None
+
+
+def run_config(cfg: StepConfig, device: torch.device, args: argparse.Namespace, mods: dict[str, Any] | None,
+               flops_cache: dict[tuple, int], cpu_share: list[float]) -> tuple[list[float], int | None, int]:
+    """Build, warm up and time one configuration; returns (step times, FLOPs, peak memory)."""
+    if cfg.impl == "ours":
+        model, groups = build_ours(cfg, device)
+        outputs = None
+    else:
+        model = build_original(mods, cfg.kind, cfg.fusion, cfg.size).to(device)
+        groups, outputs = original_param_groups(model, cfg.kind), TASKS[cfg.kind]
+    model.train()
+    optimizer = torch.optim.SGD(groups, lr=0.01, momentum=0.9, **optimizer_kwargs(device))
+    batch = random_batch(cfg.kind, cfg.batch, cfg.size, device, cfg.channels_last, args.seed)
+    flops = None
+    key = (cfg.impl, cfg.kind, cfg.fusion, cfg.batch, cfg.size)
+    if not args.no_flops:
+        if key not in flops_cache:  # counted eagerly: FLOPs do not depend on precision or layout
+            flops_cache[key] = count_flops(TrainStep(model, optimizer, cfg.kind, cfg.amp, device, outputs), batch)
+        flops = flops_cache[key]
+    net = torch.compile(model) if cfg.compile else model
+    step = TrainStep(net, optimizer, cfg.kind, cfg.amp, device, outputs)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = time_steps(step, batch, max(args.warmup, 2 if cfg.compile else 0), args.steps, device,
+                       cpu_share if device.type == "cpu" else None)
+    memory = peak_memory_bytes(device)
+    del model, net, optimizer, step, batch
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return times, flops, memory
+
+
+def step_configs(args: argparse.Namespace, mods: dict[str, Any] | None) -> tuple[list[StepConfig], list[str]]:
+    configs, notes = [], []
+    for i, kind in enumerate(args.kinds):
+        batch = _per_kind(args.batch_size, i, CPU_DEFAULTS[kind][0], "--batch-size", args.kinds)
+        size = _per_kind(args.input_size, i, CPU_DEFAULTS[kind][1], "--input-size", args.kinds)
+        for fusion in args.fusions:
+            if mods is not None:
+                why = reference_supported(kind, size)
+                if why:
+                    notes.append(f"{kind}/{fusion}: original not timed: {why}")
+                else:
+                    configs.append(StepConfig(kind, fusion, batch, size, impl="original"))
+            for amp, channels_last in modes(args):
+                configs.append(StepConfig(kind, fusion, batch, size, amp, channels_last, args.compile,
+                                          grad_mode=args.grad_mode))
+    return configs, notes
+
+
+def modes(args: argparse.Namespace) -> list[tuple[str, bool]]:
+    """(amp, channels_last) pairs from --modes, or --amp x --channels-last."""
+    if not args.modes:
+        return [(amp, args.channels_last) for amp in args.amp]
+    names = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}
+    out = []
+    for m in args.modes:
+        prec, _, layout = m.lower().partition("+")
+        if prec not in names or layout not in ("", "cl"):
+            raise SystemExit(f"--modes: {m!r} is not PRECISION[+cl] with PRECISION one of fp32, bf16, fp16")
+        out.append((names[prec], layout == "cl"))
+    return out
+
+
+def _per_kind(values: list[int] | None, i: int, default: int, flag: str, kinds: list[str]) -> int:
+    if values is None:
+        return default
+    if len(values) not in (1, len(kinds)):
+        raise SystemExit(f"{flag}: give one value or one per --kinds entry ({len(kinds)}), got {values}")
+    return values[0] if len(values) == 1 else values[i]
+
+
+def ratios(results: list[StepResult]) -> list[dict[str, Any]]:
+    """Speed ratios from the fastest steps: vs the original's fp32 eager step of the same kind and
+    fusion (original_min / our_min, > 1 = ours faster), and AFA cost (afa_min / none_min of the
+    same implementation and mode, < 1.05 = AFA layers nearly free)."""
+    out = []
+    done = [r for r in results if r.error is None and r.times_s]
+    orig = {(r.config["kind"], r.config["fusion"]): r for r in done if r.config["impl"] == "original"}
+    for r in done:
+        c = r.config
+        o = orig.get((c["kind"], c["fusion"]))
+        if c["impl"] == "ours" and o is not None:
+            out.append({"what": f"{r.label} vs original fp32 NCHW", "speedup": o.min_s / r.min_s})
+        if c["fusion"] == "afa":
+            pair = [s for s in done if s.config == {**c, "fusion": "none"}]
+            if pair:
+                out.append({"what": f"{r.label}: afa / none step time", "afa_over_none": r.min_s / pair[0].min_s})
+    return out
+
+
+def run_steps(args: argparse.Namespace, device: torch.device) -> tuple[list[StepResult], dict[str, float],
+                                                                      list[dict[str, Any]], list[str]]:
+    mods = import_original(args.reference) if args.reference else None
+    configs, notes = step_configs(args, mods)
+    peaks: dict[str, float] = {}
+    if not args.no_flops:
+        for amp in sorted({c.amp for c in configs}):
+            peaks[amp] = matmul_peak(device, AMP_DTYPES[amp])
+    results = [StepResult(asdict(c), c.label) for c in configs]
+    flops_cache: dict[tuple, int] = {}
+    for rnd in range(args.rounds):
+        for cfg, res in zip(configs, results):
+            if res.error is not None:
+                continue
+            print(f"[round {rnd + 1}/{args.rounds}] {cfg.label} b{cfg.batch} @{cfg.size} ...", file=sys.stderr,
+                  flush=True)
+            try:
+                times, res.flops, mem = run_config(cfg, device, args, mods, flops_cache, res.cpu_share)
+            except (RuntimeError, ValueError) as e:  # e.g. out of memory, an unsupported dtype on this device
+                res.error = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            res.times_s += times
+            res.peak_memory_bytes = max(res.peak_memory_bytes or 0, mem)
+    for amp in peaks:  # again: a busy machine at the start must not lower the peak
+        peaks[amp] = max(peaks[amp], matmul_peak(device, AMP_DTYPES[amp]))
+    for cfg, res in zip(configs, results):
+        if res.times_s:
+            res.finish(cfg.batch, peaks.get(cfg.amp))
+    return results, peaks, ratios(results), notes
+
+
+# -- input pipeline -----------------------------------------------------------------------------
+
+def synthetic_sets(tmp: Path, need_nyu: bool, need_adience: bool) -> tuple[Path | None, Path | None]:
+    """Small synthetic NYUv2 (prepared folder, 480 x 640 frames) and Adience (256 px JPEGs) sets."""
+    from data.prepare_nyuv2 import prepare_nyuv2
+    from data.synthetic import write_adience, write_nyuv2
+
+    nyu = adience = None
+    if need_nyu:
+        raw = write_nyuv2(tmp / "nyu_raw", n=24)
+        nyu = prepare_nyuv2(raw / "nyu_depth_v2_labeled.mat", raw / "splits.mat", tmp / "nyuv2", progress=False)
+    if need_adience:
+        adience = write_adience(tmp / "adience", per_fold=60)
+    return nyu, adience
+
+
+def time_loader(dataset: torch.utils.data.Dataset, batch: int, workers: int, batches: int,
+                device: torch.device) -> dict[str, Any]:
+    """Samples per second through a DataLoader like the trainer's (persistent workers, pinned
+    memory and non-blocking copies on CUDA); the first batches (worker start-up) are not timed."""
+    from torch.utils.data import DataLoader, RandomSampler
+
+    warm = max(2, 2 * workers)
+    sampler = RandomSampler(dataset, replacement=True, num_samples=(warm + batches) * batch,
+                            generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    it = iter(loader)
+    for _ in range(warm):
+        next(it)
+    t0 = time.perf_counter()
+    n = 0
+    for b in it:
+        b = {k: v.to(device, non_blocking=True) for k, v in b.items() if isinstance(v, Tensor)}
+        n += b["image"].shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    del it, loader
+    return {"samples": n, "seconds": seconds, "samples_per_s": n / seconds}
+
+
+def run_pipeline(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    from data import Adience, ImageTrainTransform, NYUv2, PixelTrainTransform
+
+    out = []
+    with tempfile.TemporaryDirectory(prefix="afa_bench_") as tmp:
+        nyu = Path(args.nyu_root) if args.nyu_root else None
+        adience = Path(args.adience_root) if args.adience_root else None
+        gen_nyu, gen_ad = "pixel" in args.kinds and nyu is None, "image" in args.kinds and adience is None
+        if gen_nyu or gen_ad:
+            print(f"generating synthetic {'NYUv2 ' if gen_nyu else ''}{'Adience ' if gen_ad else ''}sets in {tmp}",
+                  file=sys.stderr, flush=True)
+            s_nyu, s_ad = synthetic_sets(Path(tmp), gen_nyu, gen_ad)
+            nyu, adience = nyu or s_nyu, adience or s_ad
+        for i, kind in enumerate(args.kinds):
+            batch = _per_kind(args.batch_size, i, CPU_DEFAULTS[kind][0], "--batch-size", args.kinds)
+            size = _per_kind(args.input_size, i, CPU_DEFAULTS[kind][1], "--input-size", args.kinds)
+            if kind == "pixel":
+                ds = NYUv2(nyu, "train", transform=PixelTrainTransform(size))
+                source = f"NYUv2 {'synthetic' if gen_nyu else nyu} train, PixelTrainTransform({size})"
+            else:
+                ds = Adience(adience, [0, 1, 2, 3], transform=ImageTrainTransform(crop_size=size))
+                source = f"Adience {'synthetic' if gen_ad else adience} folds 0-3, ImageTrainTransform(crop {size})"
+            print(f"pipeline {kind}: {source}, {args.workers} workers ...", file=sys.stderr, flush=True)
+            r = time_loader(ds, batch, args.workers, args.pipeline_batches, device)
+            out.append({"kind": kind, "source": source, "workers": args.workers, "batch": batch, "size": size, **r})
+    return out
+
+
+# -- report ------------------------------------------------------------------------------------
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {"cpu": cpu, "logical_cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _fmt(x: float | None, spec: str, scale: float = 1.0) -> str:
+    return "-" if x is None else format(x / scale, spec)
+
+
+def table(results: list[StepResult], peaks: dict[str, float], rat: list[dict[str, Any]],
+          pipeline: list[dict[str, Any]], notes: list[str]) -> str:
+    lines = []
+    if results:
+        head = (f"{'configuration':<36} {'batch':>5} {'size':>4} {'min s':>7} {'median s':>8} {'img/s':>7} "
+                f"{'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>6} {'peak mem':>9} {'cpu':>4}")
+        lines += [head, "-" * len(head)]
+        for r in results:
+            c = r.config
+            if r.error:
+                lines.append(f"{r.label:<36} {c['batch']:>5} {c['size']:>4}  failed: {r.error}")
+                continue
+            lines.append(
+                f"{r.label:<36} {c['batch']:>5} {c['size']:>4} {r.min_s:>7.3f} {r.median_s:>8.3f} "
+                f"{r.images_per_s:>7.2f} {_fmt(r.flops, '7.1f', 1e9)} {_fmt(r.achieved_flops_per_s, '8.1f', 1e9)} "
+                f"{_fmt(r.peak_fraction and 100 * r.peak_fraction, '6.1f')} "
+                f"{_fmt(r.peak_memory_bytes, '7.2f', 2 ** 30)}GiB {_fmt(r.best_step_cpu_share, '4.2f')}")
+        if peaks:
+            lines.append("matmul peak: " + ", ".join(f"{'fp32' if k == 'none' else k} {v / 1e9:.1f} GFLOP/s"
+                                                   for k, v in peaks.items()))
+    for q in rat:
+        v = q.get("speedup")
+        lines.append(f"  {q['what']}: " + (f"{v:.2f}x faster" if v is not None else f"{q['afa_over_none']:.3f}"))
+    for p in pipeline:
+        lines.append(f"pipeline {p['kind']}: {p['samples_per_s']:.1f} samples/s ({p['workers']} workers, batch "
+                     f"{p['batch']}) from {p['source']}")
+        if "headroom" in p:
+            lines.append(f"  = {p['headroom']:.1f}x what the fastest timed {p['kind']} step consumes "
+                         f"({p['consumed_per_s']:.2f} samples/s)")
+    if any(r.best_step_cpu_share is not None and r.best_step_cpu_share < 0.8 for r in results):
+        lines.append("note: cpu = CPU share of the fastest step (1 = all threads busy); below 0.8 other processes "
+                     "were using the cores: rerun with more --rounds on a quieter machine")
+    lines += [f"note: {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available (use --device cpu)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.flush_denormal:
+        torch.set_flush_denormal(True)
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(args.seed)
+    results, peaks, rat, notes = ([], {}, [], []) if args.no_steps else run_steps(args, device)
+    pipeline = run_pipeline(args, device) if args.pipeline else []
+    for p in pipeline:  # does the loader keep up with the fastest timed step of its kind?
+        fastest = [r for r in results if r.config["kind"] == p["kind"] and r.config["impl"] == "ours" and r.times_s]
+        if fastest:
+            best = min(fastest, key=lambda r: r.min_s)
+            p["consumed_per_s"] = best.config["batch"] / best.min_s
+            p["headroom"] = p["samples_per_s"] / p["consumed_per_s"]
+    report = {"machine": machine_info(device), "args": vars(args), "matmul_peak_flops_per_s": peaks,
+              "steps": [asdict(r) for r in results], "ratios": rat, "pipeline": pipeline, "notes": notes}
+    print(table(results, peaks, rat, pipeline, notes))
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
