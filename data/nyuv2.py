@@ -11,8 +11,8 @@ Split names:
 
 - ``'train'``, ``'test'``: the official splits, unchanged, in split-file order (MTAN: ``train/`` and ``val/``).
 - ``'val'``: a seeded validation subset of ``'train'`` for model selection: ``round(val_fraction * n_train)``
-  frames (at least one), the first ones of ``np.random.default_rng(val_seed).permutation(n_train)``, sorted back to file order
-  (defaults: 10 %, seed 0).
+  frames (at least one), the first ones of ``np.random.default_rng(val_seed).permutation(n_train)``, sorted back
+  to file order (defaults: 10 %, seed 0).
 - ``'train_noval'``: ``'train'`` minus ``'val'``.
 
 Samples (``transform=None``) are dicts:

@@ -150,7 +150,10 @@ def render_room(rng: np.random.Generator, height: int = 480, width: int = 640) -
             for array, value in ((raw, prop), (depth, d - 0.05), (colour, rgb)):
                 _box(array, *box, value)
 
-    colour *= (1.15 - 0.05 * depth)[..., None]  # farther is darker: an image cue for depth
+    # Haze: farther surfaces fade toward a grey-blue fog (transmission exp(-0.15 d): 0.74 at 2 m, 0.41 at
+    # 6 m), so colour and distance go together and depth can be read from appearance, not only geometry.
+    transmission = np.exp(-0.15 * depth)[..., None]
+    colour = colour * transmission + np.array((150, 160, 175)) * (1 - transmission)
     colour += rng.normal(0, 5, colour.shape)
     image = np.clip(colour, 0, 255).astype(np.uint8)
 
@@ -262,12 +265,12 @@ def seeded_split(n: int, seed: int = 0, train_fraction: float = 0.55) -> tuple[n
 
 
 def write_nyuv2(out: str | Path, n: int = 24, seed: int = 0, mapping: bool = False,
-                frame_size: tuple[int, int] = (480, 640)) -> Path:
+                frame_size: tuple[int, int] = (480, 640), train_fraction: float = 0.55) -> Path:
     """Write nyu_depth_v2_labeled.mat, splits.mat (and classMapping40.mat if `mapping`) into `out`; returns `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_labeled_mat(out / "nyu_depth_v2_labeled.mat", n, seed, frame_size)
-    train, test = seeded_split(n, seed)
+    train, test = seeded_split(n, seed, train_fraction)
     splits = {"trainNdxs": train[:, None].astype(np.uint16), "testNdxs": test[:, None].astype(np.uint16)}
     scipy.io.savemat(out / "splits.mat", splits, format="5")
     if mapping:
@@ -367,6 +370,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     nyu = sub.add_parser("nyuv2", help="nyu_depth_v2_labeled.mat + splits.mat in the official formats")
     nyu.add_argument("--n", type=int, default=24, help="number of frames (1449 uses the official split)")
     nyu.add_argument("--mapping", action="store_true", help="also write classMapping40.mat")
+    nyu.add_argument("--train-fraction", type=float, default=0.55,
+                     help="share of frames in trainNdxs when --n is not 1449 (the official 795/1449 = 0.55)")
     mtan = sub.add_parser("mtan", help="an MTAN-style nyuv2/ folder of .npy files")
     mtan.add_argument("--n-train", type=int, default=12)
     mtan.add_argument("--n-val", type=int, default=8)
@@ -382,7 +387,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     if args.dataset == "nyuv2":
-        out = write_nyuv2(args.out, args.n, args.seed, args.mapping)
+        out = write_nyuv2(args.out, args.n, args.seed, args.mapping, train_fraction=args.train_fraction)
     elif args.dataset == "mtan":
         out = write_mtan(args.out, args.n_train, args.n_val, args.seed)
     else:

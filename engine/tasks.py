@@ -59,25 +59,20 @@ def predict_pixel(model_fn: ModelFn, loader: Iterable, crop_size: int, device: t
 
 
 def pixel_evaluate(model_fn: ModelFn, loader: Iterable, device: torch.device, limit: int | None,
-                   num_classes: int, crop_size: int) -> dict[str, float]:
+                   num_classes: int, crop_size: int, panels: list[np.ndarray] | None = None,
+                   max_panels: int = 2) -> dict[str, float]:
+    """Pooled metrics; if ``panels`` is a list, the first samples' pictures (input | seg truth |
+    seg prediction | depth truth | depth prediction, half size) are appended to it on the way."""
     meter = PixelMeter(num_classes, device)
     for batch, seg, depth in predict_pixel(model_fn, loader, crop_size, device, limit):
         meter.update(seg, batch["seg"].to(device), depth, batch["depth"][:, 0].to(device))
+        for i in range(len(seg)):
+            if panels is None or len(panels) >= max_panels:
+                break
+            panels.append(pixel_panel(batch["image"][i], batch["seg"][i].numpy(), seg[i].cpu().numpy(),
+                                      batch["depth"][i, 0].numpy(), depth[i].cpu().numpy())[::2, ::2])
     meter.reduce()
     return meter.compute()
-
-
-def pixel_panels(model_fn: ModelFn, dataset, crop_size: int, device: torch.device, n: int = 2) -> list[np.ndarray]:
-    """Input | seg truth | seg prediction | depth truth | depth prediction for the first samples."""
-    panels = []
-    for i in range(min(n, len(dataset))):
-        s = dataset[i]
-        batch = {k: (v[None] if isinstance(v, Tensor) else [v]) for k, v in s.items()}
-        _, seg, depth = next(predict_pixel(model_fn, [batch], crop_size, device))
-        panel = pixel_panel(s["image"], s["seg"].numpy(), seg[0].cpu().numpy(), s["depth"][0].numpy(),
-                            depth[0].cpu().numpy())
-        panels.append(panel[::2, ::2])  # half size is plenty for TensorBoard
-    return panels
 
 
 def pixel_family(args: argparse.Namespace) -> TaskFamily:
@@ -93,9 +88,8 @@ def pixel_family(args: argparse.Namespace) -> TaskFamily:
         datasets=datasets,
         tasks=lambda train: {"seg": train.num_classes, "depth": 1},
         losses=lambda out, batch: pixel_losses(out, batch, args.depth_loss),
-        evaluate=lambda fn, loader, device, limit: pixel_evaluate(fn, loader, device, limit, num_classes["seg"],
-                                                                  args.crop_size),
-        panels=lambda fn, ds, device: pixel_panels(fn, ds, args.crop_size, device),
+        evaluate=lambda fn, loader, device, limit, panels=None: pixel_evaluate(
+            fn, loader, device, limit, num_classes["seg"], args.crop_size, panels),
     )
 
 
@@ -119,7 +113,9 @@ def predict_image(model_fn: ModelFn, loader: Iterable, device: torch.device,
         yield batch, out["gender"].argmax(1), out["age"].argmax(1)
 
 
-def image_evaluate(model_fn: ModelFn, loader: Iterable, device: torch.device, limit: int | None) -> dict[str, float]:
+def image_evaluate(model_fn: ModelFn, loader: Iterable, device: torch.device, limit: int | None,
+                   panels: list[np.ndarray] | None = None) -> dict[str, float]:
+    """Pooled metrics (image tasks draw no panels)."""
     meter = ImageMeter(device=device)
     for batch, gender, age in predict_image(model_fn, loader, device, limit):
         meter.update(gender, torch.as_tensor(batch["gender"], device=device), age,
@@ -135,5 +131,4 @@ def image_family(args: argparse.Namespace) -> TaskFamily:
         tasks=lambda train: {"gender": 2, "age": 8},
         losses=image_losses,
         evaluate=image_evaluate,
-        panels=None,
     )

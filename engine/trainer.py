@@ -57,8 +57,8 @@ class TaskFamily:
     datasets(args) -> (train, val, train_transform, eval_transform): raw-sample datasets.
     tasks(train) -> {task: output channels} for the model.
     losses(out, batch) -> {task: scalar loss}.
-    evaluate(model_fn, loader, device, limit) -> pooled metrics (reduced over ranks).
-    panels(model_fn, dataset, device) -> example pictures (H, W, 3) for TensorBoard, or None.
+    evaluate(model_fn, loader, device, limit, panels) -> pooled metrics (reduced over ranks); when
+        ``panels`` is a list, example pictures (H, W, 3) of the first samples are appended to it.
     """
 
     kind: str
@@ -66,7 +66,6 @@ class TaskFamily:
     tasks: Callable[[Any], dict[str, int]]
     losses: Callable[[dict[str, Tensor], dict[str, Any]], dict[str, Tensor]]
     evaluate: Callable[..., dict[str, float]]
-    panels: Callable[..., list[np.ndarray]] | None = None
 
 
 def common_args(parser: argparse.ArgumentParser, kind: str, defaults: dict[str, Any]) -> argparse.ArgumentParser:
@@ -80,6 +79,8 @@ def common_args(parser: argparse.ArgumentParser, kind: str, defaults: dict[str, 
     p.add_argument("--protect-tasks", nargs="+", default=None,
                    help="protect mode: tasks whose branch is shielded (default: both, as the original code)")
     p.add_argument("--init", default=None, help="stage 2: the stage-1 checkpoint (--fusion none) to start from")
+    p.add_argument("--init-heads", action="store_true",
+                   help="with --init, also take the task heads (the reference takes the trunks only)")
     p.add_argument("--pretrained", default="imagenet",
                    help="backbone init for stage 1: imagenet (torchvision download), PATH to a ResNet-50 "
                         "state dict, or none")
@@ -109,6 +110,9 @@ def common_args(parser: argparse.ArgumentParser, kind: str, defaults: dict[str, 
     p.add_argument("--logdir", default=None, help="TensorBoard + log.jsonl folder (default runs/<name>)")
     p.add_argument("--resume", default=None, help="checkpoint to continue from (exactly)")
     p.add_argument("--log-every", type=int, default=10, help="iterations between loss/lr scalars")
+    p.add_argument("--precise-bn", type=int, default=0, metavar="N",
+                   help="before each validation, re-estimate BatchNorm statistics over N training batches "
+                        "(helps small-batch or from-scratch runs; 0 = off, the reference recipe)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of the training data held out for validation")
     p.set_defaults(**defaults)
     return p
@@ -273,6 +277,28 @@ def should_stop(stop: StopFlag, dist: DistInfo, at_log: bool) -> bool:
     return bool(all_reduce_sum(flag).item())
 
 
+@torch.no_grad()
+def recompute_bn_stats(model: nn.Module, loader: DataLoader, n_batches: int, device: torch.device,
+                       args: argparse.Namespace, dist: DistInfo) -> None:
+    """Precise BN: replace the running statistics (an average over the last, still moving, weights)
+    by plain averages over ``n_batches`` training batches with the current weights."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average
+    model.train()
+    for batch in evaluation_batches(loader, n_batches):
+        batch = to_device(batch, device, args.channels_last)
+        with autocast(device, args.amp):
+            model(batch["image"])
+    for bn, m in zip(bns, momenta):
+        bn.momentum = m
+        if dist.distributed:  # every rank evaluates with the same statistics
+            for t in (bn.running_mean, bn.running_var):
+                all_reduce_sum(t).div_(dist.world_size)
+
+
 def build_optimizer(model: MultiTaskNet, args: argparse.Namespace, device: torch.device) -> torch.optim.Optimizer:
     groups = model.param_groups(args.lr, args.lr_mult, args.weight_decay)
     kw: dict[str, Any] = {"fused": True} if device.type == "cuda" else {"foreach": True}
@@ -350,10 +376,11 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
     model = model_from_config(config.to_dict())
     if resume is None:
         if args.init:
-            report = init_from_stage1(model, load_stage1(args.init, config))
+            report = init_from_stage1(model, load_stage1(args.init, config), heads=args.init_heads)
             if dist.is_main:
-                print(f"init from {args.init}: {len(report['loaded'])} tensors loaded (trunks); "
-                      f"{len(report['kept'])} kept as initialised (AFA layers, heads)")
+                what = "trunks and heads" if args.init_heads else "trunks"
+                print(f"init from {args.init}: {len(report['loaded'])} tensors loaded ({what}); "
+                      f"{len(report['kept'])} kept as initialised")
         elif args.pretrained and args.pretrained != "none":
             unused = model.load_backbone_weights(args.pretrained)
             if dist.is_main:
@@ -378,6 +405,9 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
     train_loader = make_loader(train_ds, args.batch_size, args.workers, train_sampler, dist.device, drop_last=True)
     val_loader = make_loader(val_ds, max(1, args.batch_size // 2) if family.kind == "pixel" else args.batch_size,
                              args.workers, val_sampler, dist.device, drop_last=False)
+    # Precise BN reads training batches through its own sampler, so the training order is untouched.
+    bn_sampler = EpochSampler(len(train_ds), args.seed + 1, True, dist.rank, dist.world_size)
+    bn_loader = make_loader(train_ds, args.batch_size, 0, bn_sampler, dist.device, drop_last=True)
     iters_per_epoch = len(train_loader) if args.limit_batches is None else min(len(train_loader), args.limit_batches)
     scheduler = build_scheduler(optimizer, args.epochs * iters_per_epoch, args.schedule, args.warmup_iters,
                                 args.step_every)
@@ -425,8 +455,13 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
             t0 = time.time()
             train_loss = train_one_epoch(net, family, train_loader, optimizer, scheduler, scaler, args, dist,
                                          logger, state, stop, lambda: save(args.out))
+            if args.precise_bn:
+                bn_sampler.set_epoch(epoch)
+                recompute_bn_stats(model, bn_loader, args.precise_bn, dist.device, args, dist)
             model.eval()
-            metrics = family.evaluate(model_fn, val_loader, dist.device, args.limit_batches)
+            panels: list[np.ndarray] = []
+            metrics = family.evaluate(model_fn, val_loader, dist.device, args.limit_batches,
+                                      panels if dist.is_main else None)
             score = validation_score(metrics)
             state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
             # A NaN score (e.g. no valid pixel in a tiny validation set) never blocks the first best.
@@ -435,9 +470,8 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
                 state["best"], state["best_metrics"] = score, metrics
             logger.scalars(metrics, state["epoch"], head="val/")
             logger.scalars({"score": score}, state["epoch"], head="val/")
-            if family.panels is not None and dist.is_main:
-                for i, img in enumerate(family.panels(model_fn, val_ds, dist.device)):
-                    logger.image(f"val/example_{i}", img, state["epoch"])
+            for i, img in enumerate(panels):
+                logger.image(f"val/example_{i}", img, state["epoch"])
             logger.epoch_line({"epoch": state["epoch"], "iteration": state["iteration"], "time_s": time.time() - t0,
                                **{f"train/{k}": v for k, v in train_loss.items()},
                                **{f"val/{k}": v for k, v in metrics.items()}, "val/score": score})

@@ -183,17 +183,19 @@ def model_from_config(config: Mapping[str, Any]) -> MultiTaskNet:
     return MultiTaskNet(ModelConfig(**config))
 
 
-def init_from_stage1(model: MultiTaskNet, state_dict: Mapping[str, Tensor]) -> dict[str, list[str]]:
+def init_from_stage1(model: MultiTaskNet, state_dict: Mapping[str, Tensor],
+                     heads: bool = False) -> dict[str, list[str]]:
     """Initialise a (fused) network from a stage-1 (single-task, ``fusion='none'``) state dict.
 
     As in the reference, the trunks are taken and the heads are not (image nets: everything
     but the heads; pixel nets: the backbones, i.e. not ASPP and decoders) — with one trunk
-    per task, both rules take the trunks. The source must be a single-task network of the
-    same kind and tasks: anything missing, of another shape, or foreign (AFA layers) raises a
-    ValueError listing it. Returns {'loaded': keys copied, 'kept': model keys left as they were}.
+    per task, both rules take the trunks; ``heads=True`` takes the heads too (fine-tuning from the
+    whole single-task network). The source must be a single-task network of the same kind and
+    tasks: anything missing, of another shape, or foreign (AFA layers) raises a ValueError listing
+    it. Returns {'loaded': keys copied, 'kept': model keys left as they were}.
     """
     own = model.state_dict()
-    wanted = [k for k in own if k.startswith("trunks.")]
+    wanted = [k for k in own if k.startswith(("trunks.", "heads.") if heads else "trunks.")]
     missing = [k for k in wanted if k not in state_dict]
     wrong = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in wanted
              if k in state_dict and state_dict[k].shape != own[k].shape]

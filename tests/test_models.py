@@ -301,6 +301,9 @@ def test_stage2_initialisation_takes_the_trunks_and_reports():
         assert torch.equal(sd[k], single.state_dict()[k])
     head = "heads.seg.decoder.classifier.weight"
     assert not torch.equal(sd[head], single.state_dict()[head])
+    whole = init_from_stage1(fused, single.state_dict(), heads=True)
+    assert set(whole["loaded"]) == set(single.state_dict())
+    assert all(k.startswith("fusions.") for k in whole["kept"])
     with pytest.raises(ValueError, match="missing"):
         init_from_stage1(fused, build_model("image", "none", input_size=64).state_dict())
     with pytest.raises(ValueError, match="not from a single-task network .*fusions.0"):
