@@ -332,3 +332,20 @@ def test_depth_losses_use_valid_pixels_only():
     assert depth_loss(pred, target, "l1").item() == pytest.approx(np.abs(e).mean())
     assert depth_loss(pred, target, "mse").item() == pytest.approx((e ** 2).mean())
     assert depth_loss(pred, torch.zeros_like(target)).item() == 0.0
+
+
+def test_precise_bn_replaces_running_stats_by_batch_averages():
+    from engine.distributed import DistInfo
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    batches = [{"image": torch.randn(2, 3, 5, 5) * (i + 1) + i} for i in range(3)]
+    args = trainer.argparse.Namespace(channels_last=False, amp="none")
+    trainer.recompute_bn_stats(model, batches, 2, torch.device("cpu"), args, DistInfo())
+    with torch.no_grad():
+        feats = [model[0](b["image"]) for b in batches[:2]]
+    bn = model[1]
+    expected_mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    expected_var = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    torch.testing.assert_close(bn.running_mean, expected_mean)
+    torch.testing.assert_close(bn.running_var, expected_var)
+    assert bn.momentum == 0.1 and model.training
