@@ -382,7 +382,15 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
                 print(f"init from {args.init}: {len(report['loaded'])} tensors loaded ({what}); "
                       f"{len(report['kept'])} kept as initialised")
         elif args.pretrained and args.pretrained != "none":
-            unused = model.load_backbone_weights(args.pretrained)
+            try:
+                unused = model.load_backbone_weights(args.pretrained)
+            except ValueError as e:
+                raise UserError(f"--pretrained {args.pretrained}: {e}") from None
+            except OSError as e:  # urllib's URLError is an OSError: no network, proxy, full disk ...
+                if args.pretrained != "imagenet":
+                    raise
+                raise UserError(f"--pretrained imagenet: could not get torchvision's ResNet-50 weights ({e}); "
+                                "use --pretrained PATH (a saved state dict) or --pretrained none") from None
             if dist.is_main:
                 print(f"backbones from {args.pretrained}; unused keys: {', '.join(unused) or 'none'}")
     model.to(dist.device)

@@ -349,3 +349,25 @@ def test_precise_bn_replaces_running_stats_by_batch_averages():
     torch.testing.assert_close(bn.running_mean, expected_mean)
     torch.testing.assert_close(bn.running_var, expected_var)
     assert bn.momentum == 0.1 and model.training
+
+
+def test_pretrained_errors_are_one_line(adience, tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "not_weights.pth"
+    bad.write_bytes(b"garbage")
+    args = image_args(adience, tmp_path)
+    args.pretrained = str(bad)
+    assert train_image.main(args) == 2
+    assert "not_weights.pth" in capsys.readouterr().err
+
+    class Offline:  # stands in for torchvision's weights enum: the download fails as without network
+        class IMAGENET1K_V1:  # noqa: N801
+            @staticmethod
+            def get_state_dict(progress=True):
+                raise OSError("network unreachable")
+
+    monkeypatch.setattr("models.backbone.ResNet50_Weights", Offline)
+    args = image_args(adience, tmp_path)
+    args.pretrained = "imagenet"
+    assert train_image.main(args) == 2
+    err = capsys.readouterr().err
+    assert "could not get torchvision's ResNet-50 weights" in err and len(err.strip().splitlines()) == 1
