@@ -26,11 +26,10 @@ from torch.utils.data import DataLoader
 from data import AGE_GROUPS, Adience, DataError, ImageEvalTransform, NYUv2, PixelEvalTransform
 from engine.checkpoint import CheckpointError, load_checkpoint
 from engine.distributed import resolve_device
-from engine.metrics import ImageMeter, PixelMeter, multitask_delta
+from engine.metrics import ImageMeter, multitask_delta
 from engine.plots import plot_confusion, plot_curves, plot_grid
-from engine.tasks import predict_image, predict_pixel
+from engine.tasks import pixel_evaluate, predict_image
 from engine.trainer import autocast
-from engine.viz import pixel_panel
 from models import model_from_config
 
 
@@ -63,24 +62,19 @@ def evaluate_pixel(model_fn, ck: dict, args: argparse.Namespace, device: torch.d
         raise DataError(f"{args.data_root}: {dataset.num_classes}-class labels, but the checkpoint predicts "
                         f"{ck['model_config']['tasks']['seg']} classes")
     loader = DataLoader(dataset, batch_size=args.batch_size or 2, num_workers=args.workers)
-    meter = PixelMeter(dataset.num_classes, device)
     out_dir = Path(args.save_predictions) if args.save_predictions else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    panels = []
-    for batch, seg, depth in predict_pixel(model_fn, loader, size, device, args.limit_batches):
-        seg_true, depth_true = batch["seg"].to(device), batch["depth"][:, 0].to(device)
-        meter.update(seg, seg_true, depth, depth_true)
-        seg_np, depth_np = seg.cpu().numpy().astype(np.int64), depth.cpu().numpy().astype(np.float32)
-        for i, index in enumerate(batch["index"].tolist()):
-            if out_dir:
-                np.savez(out_dir / f"{index}.npz", seg=seg_np[i], depth=depth_np[i])
-            if args.plot and len(panels) < 4:
-                panels.append(pixel_panel(batch["image"][i], batch["seg"][i].numpy(), seg_np[i],
-                                          batch["depth"][i, 0].numpy(), depth_np[i])[::2, ::2])
-    if args.plot and panels:
+
+    def save(index: int, seg: np.ndarray, depth: np.ndarray) -> None:
+        np.savez(out_dir / f"{index}.npz", seg=seg, depth=depth)
+
+    panels: list[np.ndarray] = []
+    metrics = pixel_evaluate(model_fn, loader, device, args.limit_batches, dataset.num_classes, size,
+                             panels if args.plot else None, max_panels=4, on_sample=save if out_dir else None)
+    if panels:
         print(f"wrote {plot_grid(panels, Path(args.plot) / 'qualitative.png')}")
-    return meter.compute()
+    return metrics
 
 
 def evaluate_image(model_fn, ck: dict, args: argparse.Namespace, device: torch.device):

@@ -60,17 +60,23 @@ def predict_pixel(model_fn: ModelFn, loader: Iterable, crop_size: int, device: t
 
 def pixel_evaluate(model_fn: ModelFn, loader: Iterable, device: torch.device, limit: int | None,
                    num_classes: int, crop_size: int, panels: list[np.ndarray] | None = None,
-                   max_panels: int = 2) -> dict[str, float]:
+                   max_panels: int = 2,
+                   on_sample: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> dict[str, float]:
     """Pooled metrics; if ``panels`` is a list, the first samples' pictures (input | seg truth |
-    seg prediction | depth truth | depth prediction, half size) are appended to it on the way."""
+    seg prediction | depth truth | depth prediction, half size) are appended to it on the way;
+    ``on_sample(index, seg, depth)`` receives each sample's predictions exactly as the metrics saw them."""
     meter = PixelMeter(num_classes, device)
     for batch, seg, depth in predict_pixel(model_fn, loader, crop_size, device, limit):
         meter.update(seg, batch["seg"].to(device), depth, batch["depth"][:, 0].to(device))
-        for i in range(len(seg)):
-            if panels is None or len(panels) >= max_panels:
-                break
-            panels.append(pixel_panel(batch["image"][i], batch["seg"][i].numpy(), seg[i].cpu().numpy(),
-                                      batch["depth"][i, 0].numpy(), depth[i].cpu().numpy())[::2, ::2])
+        if on_sample is None and (panels is None or len(panels) >= max_panels):
+            continue
+        seg_np, depth_np = seg.cpu().numpy().astype(np.int64), depth.cpu().numpy().astype(np.float32)
+        for i, index in enumerate(batch["index"].tolist()):
+            if on_sample is not None:
+                on_sample(index, seg_np[i], depth_np[i])
+            if panels is not None and len(panels) < max_panels:
+                panels.append(pixel_panel(batch["image"][i], batch["seg"][i].numpy(), seg_np[i],
+                                          batch["depth"][i, 0].numpy(), depth_np[i])[::2, ::2])
     meter.reduce()
     return meter.compute()
 
