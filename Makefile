@@ -2,11 +2,14 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PIP_INSTALL := $(PY) -m pip install -q
+# No pip cache: torch with its CUDA libraries is ~5.7 GB in .venv; a cached copy would double that.
+PIP_INSTALL := $(PY) -m pip install -q --no-cache-dir
 
 .PHONY: venv test demo bench clean
 
 $(VENV)/.installed: requirements.txt
+	@free_mb=$$(df -Pm . | awk 'NR==2 {print $$4}'); if [ "$$free_mb" -lt 6500 ]; then \
+		echo "warning: $$free_mb MB free in $(CURDIR); .venv needs about 6 GB (torch with CUDA libraries)" >&2; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) -r requirements.txt
 	touch $@
