@@ -317,6 +317,14 @@ def checkpoint_state(model: MultiTaskNet, optimizer, scheduler, scaler, state: d
     }
 
 
+def best_state(full: dict[str, Any]) -> dict[str, Any]:
+    """The best-by-validation file: the model, how to rebuild it and its scores, without the
+    optimiser and RNG state (it is for evaluation and stage-2 initialisation, not for resuming;
+    about half the size of a resumable checkpoint)."""
+    keep = ("model", "model_config", "kind", "epoch", "iteration", "best", "best_metrics", "args")
+    return {k: full[k] for k in keep}
+
+
 def load_stage1(path: str, config: ModelConfig) -> dict[str, Tensor]:
     """The state dict of a stage-1 checkpoint that fits ``config`` (same kind and tasks, fusion 'none')."""
     ck = load_checkpoint(path)
@@ -367,6 +375,9 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
         if resume.get("kind") != family.kind:
             raise UserError(f"--resume {args.resume}: a {resume.get('kind')!r} checkpoint, this script trains "
                             f"{family.kind!r} networks")
+        if "optimizer" not in resume:
+            raise UserError(f"--resume {args.resume}: a best-by-validation file holds the model only (for eval.py "
+                            "and --init); resume from the run's latest state (its --out file, *_last.pth)")
         config = ModelConfig(**resume["model_config"])
     train_set, val_set, train_tf, eval_tf = family.datasets(args)
     if resume is None:
@@ -444,9 +455,10 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
     stop = StopFlag()
     stop.install()
 
-    def save(path: str | Path) -> None:
+    def save(path: str | Path, model_only: bool = False) -> None:
         if dist.is_main:
-            save_checkpoint(checkpoint_state(model, optimizer, scheduler, scaler, state, args), path)
+            full = checkpoint_state(model, optimizer, scheduler, scaler, state, args)
+            save_checkpoint(best_state(full) if model_only else full, path)
 
     def model_fn(x: Tensor) -> dict[str, Tensor]:
         # The unwrapped model: ranks evaluate unequal shares, and DDP's forward would try to
@@ -486,7 +498,7 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
             logger.flush()
             save(args.out)
             if improved:
-                save(best_path(args.out))
+                save(best_path(args.out), model_only=True)
             if dist.is_main:
                 shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                 print(f"epoch {state['epoch']}/{args.epochs}: loss {train_loss} | val {shown} | "

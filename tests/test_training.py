@@ -227,6 +227,13 @@ def test_user_errors_exit_2_with_one_line(adience, nyu, tmp_path, capsys):
     assert "not a stage-1 checkpoint" in capsys.readouterr().err
     assert train_pixel.main(pixel_args(nyu, tmp_path, "--fusion", "afa", "--init", str(s1 / "image_last.pth"))) == 2
     assert "kind 'image' (expected 'pixel')" in capsys.readouterr().err
+    # The best file holds the model only (half the disk); resuming from it points to the _last file.
+    best = load_checkpoint(s1 / "image_best.pth")
+    assert "optimizer" not in best and "rng" not in best and best["model_config"]["fusion"] == "afa"
+    assert (s1 / "image_best.pth").stat().st_size < 0.6 * (s1 / "image_last.pth").stat().st_size
+    assert train_image.main(image_args(adience, s1, "--resume", str(s1 / "image_best.pth"), "--epochs", "2")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "image_best.pth" in err and "_last.pth" in err and len(err.splitlines()) == 1
 
 
 class _Payload:
