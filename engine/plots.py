@@ -12,21 +12,35 @@ import numpy as np  # noqa: E402
 
 from .logger import read_log  # noqa: E402
 
+HIGHER_IS_BETTER = ("acc", "miou", "fwiou", "delta1", "delta2", "delta3", "one_off", "score")
+
+
+def curve_panels(keys: list[str]) -> list[tuple[str, list[str], bool]]:
+    """(title, log keys, log y-axis) per panel of plot_curves, empty panels left out."""
+    val_keys = [k for k in keys if k.startswith("val/")]
+    panels = [
+        ("training loss", [k for k in keys if k.startswith("train/")], False),
+        ("validation (higher is better)", [k for k in val_keys if k.endswith(HIGHER_IS_BETTER)], False),
+        ("validation errors (lower is better)", [k for k in val_keys if not k.endswith(HIGHER_IS_BETTER)], True),
+    ]
+    return [p for p in panels if p[1]]
+
 
 def plot_curves(log_path: str | Path, out: str | Path) -> Path:
-    """Training losses and validation metrics per epoch, one panel each."""
+    """Per epoch: training losses; validation metrics where higher is better (accuracies, IoUs, depth
+    thresholds, the selection score: all in [0, 1]); validation errors where lower is better (depth
+    errors, on a log axis so that one bad epoch does not flatten the others). Empty panels are left out."""
     records = read_log(log_path)
-    train_keys = [k for k in records[0] if k.startswith("train/")]
-    val_keys = [k for k in records[0] if k.startswith("val/")]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     epochs = [r["epoch"] for r in records]
-    for k in train_keys:
-        axes[0].plot(epochs, [r[k] for r in records], marker="o", label=k[len("train/"):])
-    axes[0].set(title="training loss", xlabel="epoch")
-    for k in val_keys:
-        axes[1].plot(epochs, [np.nan if r[k] is None else r[k] for r in records], marker="o", label=k[len("val/"):])
-    axes[1].set(title="validation", xlabel="epoch")
-    for ax in axes:
+    panels = curve_panels(list(records[0]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (title, keys, log_scale) in zip(axes[0], panels):
+        for k in keys:
+            values = [np.nan if r.get(k) is None else r[k] for r in records]
+            ax.plot(epochs, values, marker="o", label=k.split("/", 1)[1])
+        ax.set(title=title, xlabel="epoch")
+        if log_scale:
+            ax.set_yscale("log")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     return _save(fig, out)

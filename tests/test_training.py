@@ -267,6 +267,20 @@ def test_checkpoints_with_code_are_refused_and_corrupt_ones_named(tmp_path):
         load_checkpoint(tmp_path / "plain.pkl")
 
 
+def test_curve_panels_group_metrics_by_direction():
+    from engine.plots import curve_panels
+
+    pixel = ["epoch", "train/seg", "train/depth"] + [f"val/{k}" for k in PIXEL_KEYS] + ["val/score"]
+    (_, train, _), (_, higher, lin), (_, lower, log) = curve_panels(pixel)
+    assert train == ["train/seg", "train/depth"] and not lin and log
+    assert higher == ["val/seg/miou", "val/seg/pixel_acc", "val/seg/mean_class_acc", "val/seg/fwiou",
+                      "val/depth/delta1", "val/depth/delta2", "val/depth/delta3", "val/score"]
+    assert lower == ["val/depth/abs_err", "val/depth/rel_err", "val/depth/sq_rel", "val/depth/log10",
+                     "val/depth/rmse", "val/depth/rmse_log"]
+    image = ["epoch", "train/gender", "train/age"] + [f"val/{k}" for k in IMAGE_KEYS]
+    assert [title for title, _, _ in curve_panels(image)] == ["training loss", "validation (higher is better)"]
+
+
 def test_pixel_meter_against_hand_computed_values():
     meter = PixelMeter(3)
     seg_true = torch.tensor([[0, 0, 1, 1, 2, 255]])
