@@ -24,6 +24,10 @@ class CheckpointError(Exception):
     """A checkpoint file that cannot be used; the message names the file."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (full disk, permissions); the previous file under that name is intact."""
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves a
     truncated checkpoint under the final name."""
@@ -36,6 +40,11 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        kept = "the previous file is kept" if path.exists() else "no earlier file under that name"
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointWriteError(f"checkpoint {path}: could not write it ({detail}); {kept}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

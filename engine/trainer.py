@@ -31,7 +31,14 @@ from models import ModelConfig, MultiTaskNet, init_from_stage1, model_from_confi
 from models.afa import DEFAULT_TAU, GRAD_MODES
 from models.multitask import FUSIONS
 
-from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    CheckpointWriteError,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .logger import RunLogger
 from .metrics import validation_score
@@ -345,6 +352,9 @@ def main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
     """Set everything up from ``args`` and train. Returns the process exit code."""
     try:
         return _main_loop(args, family)
+    except CheckpointWriteError as e:
+        print(f"error: {e}; stopped", file=sys.stderr)
+        return 4
     except (UserError, DataError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -217,6 +217,29 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(adience, tmp_p
     assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
+def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_the_previous_file(adience, tmp_path, monkeypatch, capsys):
+    import engine.checkpoint as checkpoint
+
+    real_save, calls = torch.save, []
+
+    def save_until_disk_full(obj, f, *a, **kw):  # epoch 1 writes last + best; epoch 2's write fails midway
+        calls.append(1)
+        if len(calls) > 2:
+            f.write(b"partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0\nmore")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_until_disk_full)
+    assert train_image.main(image_args(adience, tmp_path, "--epochs", "2")) == 4
+    err = capsys.readouterr().err  # also holds tqdm's progress bars
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert "image_last.pth: could not write it (" in errors[0] and errors[0].endswith("previous file is kept; stopped")
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "image_last.pth")["epoch"] == 1
+    assert not list(tmp_path.glob(".image_last.pth.*"))  # no temporary file left behind
+
+
 def test_user_errors_exit_2_with_one_line(adience, nyu, tmp_path, capsys):
     assert train_image.main(image_args(tmp_path / "missing", tmp_path)) == 2
     err = capsys.readouterr().err.strip()
