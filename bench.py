@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -40,7 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,13 +50,14 @@ from torch import Tensor, nn
 from engine.losses import image_losses, pixel_losses
 from models import build_model
 from models.multitask import DEFAULTS, FUSIONS, KINDS
+from tools import original
+from tools.original import LATEST_FILES
 
 TASKS = {k: tuple(d["tasks"]) for k, d in DEFAULTS.items()}  # image: (gender, age); pixel: (seg, depth)
 NUM_CLASSES = {"gender": 2, "age": 8, "seg": 40}
 IGNORE = 255
 CPU_DEFAULTS = {"image": (8, 224), "pixel": (2, 300)}  # batch, input size
 AMP_DTYPES = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-ORIGINAL_FILES = ("layer_afa", "net_image_resnet", "net_image_afalayer", "net_pixel_deeplab", "net_pixel_afalayer")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -65,7 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="network families to time")
     p.add_argument("--fusions", nargs="+", choices=FUSIONS, default=list(FUSIONS),
-                   help="none = single-task pair, afa = fused network")
+                   help="methods to time (models/fusion.py): none = single-task pair, afa = the fused network ...")
     p.add_argument("--grad-mode", default="protect", choices=("protect", "joint", "adaptive"),
                    help="AFA gradient mode of our fused networks (the original's default is protect)")
     p.add_argument("--batch-size", nargs="+", type=int, default=None,
@@ -253,72 +253,27 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 # -- the original code (optional) -------------------------------------------------------------
 
-def original_dir(path: str | Path) -> Path:
-    """DIR or DIR/models, whichever holds the original's files; a clear error otherwise."""
-    root = Path(path).expanduser()
-    for d in (root / "models", root):
-        if all((d / f"{name}.py").is_file() for name in ORIGINAL_FILES):
-            return d
-    missing = [f"{n}.py" for n in ORIGINAL_FILES if not (root / "models" / f"{n}.py").is_file()]
-    raise SystemExit(f"--reference {path}: expected a checkout of zhenshen-mla/AFANet with models/ holding "
-                     f"{', '.join(f + '.py' for f in ORIGINAL_FILES)}; missing {', '.join(missing)}")
-
-
-def import_original(path: str | Path) -> dict[str, Any]:
-    """Import the original files by path. They import each other by bare module name
-    (``from layer_afa import ...``), so they are registered under those names; the folder is
-    not put on sys.path, so nothing else there can shadow our packages."""
-    d = original_dir(path)
-    mods = {}
-    for name in ORIGINAL_FILES:  # layer_afa first: the others import it
-        if name in sys.modules and Path(getattr(sys.modules[name], "__file__", "")).parent == d:
-            mods[name] = sys.modules[name]
-            continue
-        spec = importlib.util.spec_from_file_location(name, d / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-        mods[name] = mod
-    return mods
-
-
-@contextlib.contextmanager
-def _patched(obj: Any, name: str, value: Any) -> Iterator[None]:
-    old = getattr(obj, name)
-    setattr(obj, name, value)
+def import_original(path: str | Path) -> Path:
+    """The checkout of the original code, checked to hold its latest networks (SystemExit otherwise)."""
     try:
-        yield
-    finally:
-        setattr(obj, name, old)
+        for name in LATEST_FILES:
+            original.import_original(path, name)
+    except original.OriginalCodeError as e:
+        raise SystemExit(f"--reference {e}") from None
+    return Path(path)
 
 
-def build_original(mods: dict[str, Any], kind: str, fusion: str, size: int) -> nn.Module:
-    """The original network with random initialisation, its quirks neutralised at build time
-    without editing its files:
-
-    - image nets: ``ResNet(Bottleneck, [3, 4, 6, 3])`` directly (``make_network`` would download
-      ImageNet weights through torchvision's deprecated ``pretrained=True``);
-    - pixel nets: ``ResNet._load_pretrained_model`` is a no-op while building (same reason);
-    - net_pixel_afalayer builds ``AFA_layer_sam_data(361)``, which with layer_afa's (h, w)
-      signature is SAM(h=361, w=7): that name is pointed at a factory building SAM(h=w=side),
-      side = ceil(input size / 16) (19 at 300 px).
-    """
-    if kind == "image":
-        mod = mods["net_image_resnet" if fusion == "none" else "net_image_afalayer"]
-        return mod.ResNet(mod.Bottleneck, [3, 4, 6, 3])
-    mod = mods["net_pixel_deeplab" if fusion == "none" else "net_pixel_afalayer"]
-    side = -(-size // 16)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_patched(mod.ResNet, "_load_pretrained_model", lambda self: None))
-        if fusion == "afa":
-            sam_cls = mod.AFA_layer_sam_data
-            stack.enter_context(_patched(mod, "AFA_layer_sam_data", lambda *a, **k: sam_cls(h=side, w=side)))
-        return mod.DeepLab(output_stride=16, num_classes1=NUM_CLASSES["seg"], num_classes2=1)
+def build_original(root: Path, kind: str, fusion: str, size: int) -> nn.Module:
+    """The original network at full depth with random weights (tools/original.py)."""
+    return original.build_original(root, kind, fusion, size)
 
 
 def original_param_groups(model: nn.Module, kind: str) -> list[dict[str, Any]]:
-    """The original training scripts' groups: image 1x / AFA 1000x, pixel backbone 1x / heads 10x."""
+    """The original training scripts' groups: image 1x / AFA 1000x, pixel backbone 1x / heads 10x
+    (the 4fabc70 baselines: every parameter at one rate; the groups do not change the step's cost)."""
     lr = 0.01
+    if not hasattr(model, "get_1x_lr_params") or (kind == "image" and not hasattr(model, "get_1000x_lr_params")):
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
     if kind == "image":
         groups = [{"params": list(model.get_1x_lr_params()), "lr": lr}]
         afa = list(model.get_1000x_lr_params())
@@ -327,14 +282,6 @@ def original_param_groups(model: nn.Module, kind: str) -> list[dict[str, Any]]:
         groups = [{"params": list(model.get_1x_lr_params()), "lr": lr},
                   {"params": list(model.get_10x_lr_params()), "lr": lr * 10}]
     return groups
-
-
-def reference_supported(kind: str, size: int) -> str | None:
-    """Why the original cannot run at this size, or None. Its image nets hard-code 7x7 stage-4
-    maps (AvgPool2d(7), SAM(7, 7)): inputs of 193..224 px."""
-    if kind == "image" and -(-size // 32) != 7:
-        return f"the original image nets only take 193-224 px inputs (7x7 stage-4 maps), not {size}"
-    return None
 
 
 # -- running the configurations ----------------------------------------------------------------
@@ -365,7 +312,7 @@ class StepResult:
             self.peak_fraction = self.achieved_flops_per_s / peak if peak else None
 
 
-def run_config(cfg: StepConfig, device: torch.device, args: argparse.Namespace, mods: dict[str, Any] | None,
+def run_config(cfg: StepConfig, device: torch.device, args: argparse.Namespace, mods: Path | None,
                flops_cache: dict[tuple, int], cpu_share: list[float]) -> tuple[list[float], int | None, int]:
     """Build, warm up and time one configuration; returns (step times, FLOPs, peak memory)."""
     if cfg.impl == "ours":
@@ -396,18 +343,14 @@ def run_config(cfg: StepConfig, device: torch.device, args: argparse.Namespace, 
     return times, flops, memory
 
 
-def step_configs(args: argparse.Namespace, mods: dict[str, Any] | None) -> tuple[list[StepConfig], list[str]]:
+def step_configs(args: argparse.Namespace, mods: Path | None) -> tuple[list[StepConfig], list[str]]:
     configs, notes = [], []
     for i, kind in enumerate(args.kinds):
         batch = _per_kind(args.batch_size, i, CPU_DEFAULTS[kind][0], "--batch-size", args.kinds)
         size = _per_kind(args.input_size, i, CPU_DEFAULTS[kind][1], "--input-size", args.kinds)
         for fusion in args.fusions:
             if mods is not None:
-                why = reference_supported(kind, size)
-                if why:
-                    notes.append(f"{kind}/{fusion}: original not timed: {why}")
-                else:
-                    configs.append(StepConfig(kind, fusion, batch, size, impl="original"))
+                configs.append(StepConfig(kind, fusion, batch, size, impl="original"))
             for amp, channels_last in modes(args):
                 configs.append(StepConfig(kind, fusion, batch, size, amp, channels_last, args.compile,
                                           grad_mode=args.grad_mode))

@@ -17,12 +17,13 @@ The same two weight tensors serve both tasks, exactly as in the reference code.
 Gradient modes (forward values are identical in all of them):
 
 * ``joint``: plain autograd through the layer.
-* ``protect``: the reference's default. Each module is computed on detached inputs and
-  every protected task gets a straight-through term, y_t = M_t(sg(x_1), sg(x_2)) + x_t - sg(x_t),
-  so the gradient reaching x_t is dL/dy_t alone (the gradient "before fusion"), while the
-  module's parameters still learn from both outputs. The reference code shields both
-  branches; ``protect_tasks`` can restrict shielding to some branches (the README of the
-  reference describes shielding only the task with the smaller gradient).
+* ``protect``: the reference's default. Each module is computed with the protected task's
+  input detached, and that task gets a straight-through term,
+  y_1 = M_1(sg(x_1), x_2) + x_1 - sg(x_1), so the gradient reaching x_1 is dL/dy_1 alone (the
+  gradient "before fusion"), while x_2 and the module's parameters learn from both outputs.
+  At the original code's latest commit only task 1 (gender; segmentation: the task with the
+  smaller gradient magnitude) is protected, which is our default; ``protect_tasks`` names the
+  shielded branches, e.g. both, as in the original's commits before August 2020.
 * ``adaptive``: the variant the reference discusses but never implemented. Per branch the
   pre-fusion gradient dL/dy_t is kept and compared with the fused gradient dL/dx_t; when
   their norms differ by more than a factor ``tau`` the pre-fusion gradient is returned,
@@ -32,13 +33,19 @@ Gradient modes (forward values are identical in all of them):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fusion import PairFusion
+
 GRAD_MODES = ("joint", "protect", "adaptive")
+
+# fusion_init='self': the learned self logit starts log(9) above the other one, so that a layer
+# first passes 0.9 of a branch's own features and 0.1 of the other's (cross-stitch's start).
+SELF_PRIOR = math.log(9.0)
 
 # tau = 2: the fused gradient of a branch is its own gradient re-weighted by softmax weights
 # that sum to one plus the other task's share, so with balanced tasks the two norms stay
@@ -51,6 +58,16 @@ def _pair_softmax(self_logits: Tensor, other_logits: Tensor) -> tuple[Tensor, Te
     """2-way softmax between two logit tensors of equal shape, element by element."""
     w = torch.stack((self_logits, other_logits), dim=0).softmax(dim=0)
     return w[0], w[1]
+
+
+def _add_self_prior(module: nn.Module, enabled: bool) -> None:
+    """fusion_init='self': a learned scalar added to the self logits, starting at SELF_PRIOR.
+    Absent otherwise, so the default layers hold exactly the reference's parameters."""
+    module.self_prior = nn.Parameter(torch.tensor(SELF_PRIOR)) if enabled else None
+
+
+def _biased(module: nn.Module, self_logits: Tensor) -> Tensor:
+    return self_logits if module.self_prior is None else self_logits + module.self_prior
 
 
 def _mix(x1: Tensor, x2: Tensor, w_self: Tensor, w_other: Tensor) -> tuple[Tensor, Tensor]:
@@ -66,18 +83,19 @@ class CAM(nn.Module):
         min_hidden: L, the smallest hidden width.
     """
 
-    def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 32) -> None:
+    def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 32, self_prior: bool = False) -> None:
         super().__init__()
         hidden = max(2 * channels // reduction, min_hidden)
         self.reduce = nn.Linear(2 * channels, hidden, bias=False)  # reference: fc
         self.self_fc = nn.Linear(hidden, channels, bias=False)  # reference: trans1
         self.other_fc = nn.Linear(hidden, channels, bias=False)  # reference: trans2
+        _add_self_prior(self, self_prior)
 
     def weights(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
         """(w_self, w_other), each (B, C, 1, 1)."""
         s = torch.cat((x1.mean(dim=(2, 3)), x2.mean(dim=(2, 3))), dim=1)  # (B, 2C)
         z = F.relu(self.reduce(s))  # (B, d)
-        w_self, w_other = _pair_softmax(self.self_fc(z), self.other_fc(z))  # (B, C) each
+        w_self, w_other = _pair_softmax(_biased(self, self.self_fc(z)), self.other_fc(z))  # (B, C) each
         return w_self[..., None, None], w_other[..., None, None]
 
     def forward(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
@@ -96,7 +114,7 @@ class SAM(nn.Module):
         kernel_size: the spatial conv's kernel (padding keeps the size).
     """
 
-    def __init__(self, size: tuple[int, int], stride: int = 1, kernel_size: int = 7) -> None:
+    def __init__(self, size: tuple[int, int], stride: int = 1, kernel_size: int = 7, self_prior: bool = False) -> None:
         super().__init__()
         self.size = (int(size[0]), int(size[1]))
         self.stride = stride
@@ -104,6 +122,7 @@ class SAM(nn.Module):
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
         self.self_fc = nn.Linear(positions, positions, bias=False)  # reference: trans1
         self.other_fc = nn.Linear(positions, positions, bias=False)  # reference: trans2
+        _add_self_prior(self, self_prior)
 
     def _check_size(self, x: Tensor) -> None:
         if tuple(x.shape[-2:]) == self.size:
@@ -122,7 +141,7 @@ class SAM(nn.Module):
         self._check_size(x1)
         m = torch.cat((x1.mean(dim=1, keepdim=True), x2.mean(dim=1, keepdim=True)), dim=1)  # (B, 2, h, w)
         g = F.relu(self.conv(m)).flatten(1)  # (B, h*w)
-        w_self, w_other = _pair_softmax(self.self_fc(g), self.other_fc(g))
+        w_self, w_other = _pair_softmax(_biased(self, self.self_fc(g)), self.other_fc(g))
         shape = (x1.shape[0], 1, *self.size)
         return w_self.view(shape), w_other.view(shape)
 
@@ -131,11 +150,13 @@ class SAM(nn.Module):
 
 
 class _GradSwitch:
-    """Shared state of one adaptive-mode module call: the pre-fusion gradient per branch."""
+    """Shared state of one adaptive-mode module call: the pre-fusion gradient per branch, and
+    an optional ``on_choice(t, use_pre)`` callback that counts the fall-backs."""
 
-    def __init__(self, tau: float) -> None:
+    def __init__(self, tau: float, on_choice: Callable[[int, Tensor], None] | None = None) -> None:
         self.tau = tau
         self.pre: dict[int, Tensor] = {}
+        self.on_choice = on_choice
 
 
 class _CapturePreFusion(torch.autograd.Function):
@@ -170,11 +191,17 @@ class _ChooseGradient(torch.autograd.Function):
         n_fused, n_pre = fused.norm(), pre.norm()
         # Stays on the device (no .item()): a tensor-valued choice costs no host sync.
         use_pre = (n_fused > tau * n_pre) | (n_fused * tau < n_pre)
+        if ctx.switch.on_choice is not None:
+            ctx.switch.on_choice(ctx.t, use_pre)
         return torch.where(use_pre, pre, fused), None, None
 
 
-class AFALayer(nn.Module):
+class AFALayer(PairFusion):
     """CAM, ReLU, SAM, ReLU between two branches, with a gradient mode.
+
+    ``forward({t1: x_1, t2: x_2})`` returns ``{t1: y_1, t2: y_2}``; ``fuse(x_1, x_2)`` is the same
+    on a pair. While monitored (see :class:`models.fusion.PairFusion`) it also records the mean
+    ``w_self`` of CAM and SAM and, in adaptive mode, how often each branch fell back.
 
     Args:
         channels: channels of the two input maps.
@@ -182,8 +209,10 @@ class AFALayer(nn.Module):
         stride: network stride at this point, for SAM's size error.
         grad_mode: 'joint', 'protect' or 'adaptive'.
         tau: adaptive mode's norm-ratio threshold (> 1).
-        protect_tasks: in protect mode, the branch positions (0, 1) that are shielded;
-            both by default, as in the reference code.
+        protect_tasks: in protect mode, the branch positions (0, 1) that are shielded; task 1
+            only by default, as at the original code's latest commit.
+        tasks: the two task names, in branch order.
+        self_prior: start both modules leaning towards a branch's own features (fusion_init='self').
     """
 
     def __init__(
@@ -193,9 +222,11 @@ class AFALayer(nn.Module):
         stride: int = 1,
         grad_mode: str = "protect",
         tau: float = DEFAULT_TAU,
-        protect_tasks: Sequence[int] = (0, 1),
+        protect_tasks: Sequence[int] = (0,),
+        tasks: Sequence[str] = ("task1", "task2"),
+        self_prior: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(tasks)
         if grad_mode not in GRAD_MODES:
             raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
         if not tau > 1:
@@ -205,28 +236,39 @@ class AFALayer(nn.Module):
         self.grad_mode = grad_mode
         self.tau = float(tau)
         self.protect_tasks = tuple(sorted(set(protect_tasks)))
-        self.cam = CAM(channels)
-        self.sam = SAM(size, stride)
+        self.cam = CAM(channels, self_prior=self_prior)
+        self.sam = SAM(size, stride, self_prior=self_prior)
 
-    def _fuse(self, module: nn.Module, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+    def _apply_module(self, name: str, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+        module = self.cam if name == "cam" else self.sam
+        w_self, w_other = module.weights(x1, x2)
+        if self._recording:
+            self._record(f"{name}/w_self", w_self.mean())
+        return _mix(x1, x2, w_self, w_other)
+
+    def _fuse(self, name: str, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
         """One module (CAM or SAM) in the layer's gradient mode, followed by ReLU."""
         if self.grad_mode == "joint" or not torch.is_grad_enabled():
-            y1, y2 = module(x1, x2)
+            y1, y2 = self._apply_module(name, x1, x2)
         elif self.grad_mode == "protect":
             xs = (x1, x2)
             ins = [x.detach() if t in self.protect_tasks else x for t, x in enumerate(xs)]
-            ys = module(*ins)
+            ys = self._apply_module(name, *ins)
             # Straight-through: the value is the module's, the gradient to x_t is dL/dy_t.
             y1, y2 = (y + x - x.detach() if t in self.protect_tasks else y for t, (y, x) in enumerate(zip(ys, xs)))
         else:
-            switch = _GradSwitch(self.tau)
-            ys = module(_ChooseGradient.apply(x1, switch, 0), _ChooseGradient.apply(x2, switch, 1))
+            count = None
+            if self._recording:
+                def count(t: int, use_pre: Tensor) -> None:
+                    self._record(f"fallback/{self.tasks[t]}", use_pre.float())
+            switch = _GradSwitch(self.tau, count)
+            ys = self._apply_module(name, _ChooseGradient.apply(x1, switch, 0), _ChooseGradient.apply(x2, switch, 1))
             y1, y2 = (_CapturePreFusion.apply(y, switch, t) for t, y in enumerate(ys))
         return F.relu(y1), F.relu(y2)
 
-    def forward(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
-        x1, x2 = self._fuse(self.cam, x1, x2)
-        return self._fuse(self.sam, x1, x2)
+    def fuse(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+        x1, x2 = self._fuse("cam", x1, x2)
+        return self._fuse("sam", x1, x2)
 
     def extra_repr(self) -> str:
         extra = f", protect_tasks={self.protect_tasks}" if self.grad_mode == "protect" else ""

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Union
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import ResNet50_Weights, resnet50
+from torchvision.models import ResNet50_Weights
+from torchvision.models.resnet import Bottleneck, ResNet
 
 WeightsSpec = Union[None, str, os.PathLike, Mapping[str, Tensor]]  # noqa: UP007 (a runtime alias, py3.9-safe)
 
 MULTI_GRID = (1, 2, 4)
+RESNET50_DEPTHS = (3, 4, 6, 3)  # bottlenecks per stage; tests build tiny trunks with fewer
 
 
 class Trunk(nn.Module):
@@ -27,17 +29,23 @@ class Trunk(nn.Module):
 
     Args:
         output_stride: 32 (classification), 16 or 8 (DeepLab; stage 4 becomes multi-grid).
+        depths: bottlenecks in layer1..layer4; ResNet-50's (3, 4, 6, 3) by default. Only the
+            default takes ImageNet weights; a DeepLab stage 4 has at most 3 blocks (multi-grid).
     """
 
-    def __init__(self, output_stride: int = 32) -> None:
+    def __init__(self, output_stride: int = 32, depths: Sequence[int] = RESNET50_DEPTHS) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        if len(depths) != 4 or min(depths) < 1:
+            raise ValueError(f"depths: four stage depths >= 1 expected, got {list(depths)}")
+        if output_stride != 32 and depths[3] > len(MULTI_GRID):
+            raise ValueError(f"depths: a multi-grid stage 4 has at most {len(MULTI_GRID)} blocks, got {depths[3]}")
         # torchvision replaces the stride of the dilated stages by dilation; it keeps the
         # first block of a dilated stage at the previous rate, which DeepLab's multi-grid
         # unit does not, so stage 4's rates are set below.
         dilate = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}[output_stride]
-        net = resnet50(weights=None, replace_stride_with_dilation=dilate)
+        net = ResNet(Bottleneck, list(depths), replace_stride_with_dilation=dilate)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.output_stride = output_stride
@@ -60,6 +68,15 @@ class Trunk(nn.Module):
     @property
     def stage4_channels(self) -> int:
         return self.layer4[-1].conv3.out_channels
+
+    @staticmethod
+    def stage_channels(stage: int) -> int:
+        """Output channels of layer1..layer4 (256, 512, 1024, 2048)."""
+        return 256 * 2 ** (stage - 1)
+
+    def stage_stride(self, stage: int) -> int:
+        """Total stride after layer1..layer4: 4, 8, 16, 32, capped by the output stride (dilated stages)."""
+        return min(2 ** (stage + 1), self.output_stride)
 
     def stem(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, 64, H/4, W/4)."""

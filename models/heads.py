@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.segmentation.deeplabv3 import ASPP
 
 ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 
@@ -25,26 +26,6 @@ class ClassifierHead(nn.Module):
 
     def forward(self, x: Tensor, low: Tensor, out_size: tuple[int, int]) -> Tensor:
         return self.fc(x.mean(dim=(2, 3)))
-
-
-class ASPP(nn.Module):
-    """Atrous spatial pyramid pooling on the stage-4 map: (B, 2048, h, w) -> (B, 256, h, w)."""
-
-    def __init__(self, in_channels: int = 2048, output_stride: int = 16, channels: int = 256) -> None:
-        super().__init__()
-        rates = ASPP_RATES[output_stride]
-        self.convs = nn.ModuleList(
-            [nn.Sequential(*_conv_bn_relu(in_channels, channels))]
-            + [nn.Sequential(*_conv_bn_relu(in_channels, channels, 3, r)) for r in rates]
-        )
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), *_conv_bn_relu(in_channels, channels))
-        self.project = nn.Sequential(*_conv_bn_relu(5 * channels, channels), nn.Dropout(0.5))
-
-    def forward(self, x: Tensor) -> Tensor:
-        feats = [conv(x) for conv in self.convs]
-        # Upsampling a 1x1 map with align_corners=True is a broadcast, as in the reference.
-        feats.append(F.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear", align_corners=True))
-        return self.project(torch.cat(feats, dim=1))
 
 
 class Decoder(nn.Module):
@@ -70,7 +51,10 @@ class DeepLabHead(nn.Module):
 
     def __init__(self, num_outputs: int, in_channels: int = 2048, output_stride: int = 16) -> None:
         super().__init__()
-        self.aspp = ASPP(in_channels, output_stride)
+        # torchvision's ASPP is the reference's module: 1x1 and three dilated 3x3 branches, image
+        # pooling (its bilinear upsampling of a 1x1 map is a broadcast whatever align_corners),
+        # 1x1 projection, BN, ReLU, dropout 0.5.
+        self.aspp = ASPP(in_channels, ASPP_RATES[output_stride])
         self.decoder = Decoder(num_outputs)
         for m in self.modules():  # the reference's init: Kaiming normal convs, BN (1, 0)
             if isinstance(m, nn.Conv2d):

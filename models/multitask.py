@@ -1,13 +1,19 @@
-"""Two task branches, optionally fused by AFA layers after every stage-4 block.
+"""Multi-task networks: two task branches (or one shared trunk) and a head per task.
 
-    feats = {t: trunk[t].stem + layer1..3 (x)}            # independent branches
-    for i, block in enumerate(layer4):                      # 3 bottlenecks
-        feats = {t: trunk[t].layer4[i](feats[t])}
-        feats = fusions[i](feats)                           # AFA, or nothing ('none')
-    return {t: heads[t](feats[t])}
+One class serves every method the AFA paper compares (``fusion``):
 
-``fusion='none'`` is the single-task pair of the paper: the same two branches trained
-together with summed losses and no interaction.
+    feats = {b: trunk[b].stem(x) for b in branches}       # one branch per task ('shared': one)
+    for stage, block in every bottleneck of layer1..layer4:
+        feats = {b: trunk[b].<stage>[block](feats[b])}    # advance every branch one block
+        feats = fusions[point](feats)                       # if a fusion sits at this point
+    return {t: heads[t](feats[branch of t], low[branch of t], input size)}
+
+* ``none``: the single-task pair of the paper (two branches trained together, no interaction);
+* ``shared``: hard parameter sharing (one trunk, a head per task);
+* ``cross_stitch``, ``nddr``: units after layer1..layer4 (models/fusion.py);
+* ``afa``: an AFA layer after every block of layer4 (models/afa.py).
+``fusion_at`` places a fusion elsewhere (``models.fusion.resolve_points``). Pixel heads also read
+the low-level features: each branch's layer1 output, taken before a fusion at that point.
 """
 
 from __future__ import annotations
@@ -21,25 +27,42 @@ import torch
 from torch import Tensor, nn
 
 from .afa import DEFAULT_TAU, GRAD_MODES, AFALayer, init_afa_
-from .backbone import Trunk, WeightsSpec, feature_size, load_trunk_weights, torchvision_state_dict
+from .backbone import RESNET50_DEPTHS, Trunk, WeightsSpec, feature_size, load_trunk_weights, torchvision_state_dict
+from .fusion import (
+    FUSION_INITS,
+    FUSION_LR_MULT,
+    FUSIONS,
+    NDDR,
+    STAGES,
+    CrossStitch,
+    PairFusion,
+    point_key,
+    resolve_points,
+)
 from .heads import ClassifierHead, DeepLabHead
 
 KINDS = ("image", "pixel")
-FUSIONS = ("none", "afa")
+SHARED = "shared"  # the branch name of the one trunk of hard sharing
 
 # Per kind: tasks with their output channels, input size, output stride and the reference's
-# learning-rate multipliers (image nets: AFA x1000; pixel nets: ASPP and decoders x10).
+# learning-rate multipliers of the trunks and heads (pixel nets: ASPP and decoders x10); the
+# fusion group's multiplier depends on the method (models.fusion.FUSION_LR_MULT).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "image": dict(tasks={"gender": 2, "age": 8}, input_size=224, output_stride=32,
-                  lr_mult={"backbone": 1.0, "afa": 1000.0, "head": 1.0}),
+                  lr_mult={"backbone": 1.0, "head": 1.0}),
     "pixel": dict(tasks={"seg": 40, "depth": 1}, input_size=300, output_stride=16,
-                  lr_mult={"backbone": 1.0, "afa": 1.0, "head": 10.0}),
+                  lr_mult={"backbone": 1.0, "head": 10.0}),
 }
 
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a network; stored (as plain types) in every checkpoint."""
+    """Everything needed to rebuild a network; stored (as plain types) in every checkpoint.
+
+    ``protect_tasks`` None means task 1 only, as at the original code's latest commit.
+    ``fusion_at`` None means the method's default points. ``fusion_init`` 'self' starts AFA
+    layers leaning towards each branch's own features (cross-stitch and NDDR start there anyway).
+    """
 
     kind: str
     fusion: str = "afa"
@@ -48,7 +71,10 @@ class ModelConfig:
     input_size: int = 0
     output_stride: int = 0
     tau: float = DEFAULT_TAU
-    protect_tasks: list[str] | None = None  # None: every task, as in the reference code
+    protect_tasks: list[str] | None = None
+    fusion_at: list[str] | None = None
+    fusion_init: str = "reference"
+    depths: list[int] = field(default_factory=lambda: list(RESNET50_DEPTHS))
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -57,29 +83,42 @@ class ModelConfig:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.grad_mode not in GRAD_MODES:
             raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {self.grad_mode!r}")
+        if self.fusion_init not in FUSION_INITS:
+            raise ValueError(f"fusion_init must be one of {FUSION_INITS}, got {self.fusion_init!r}")
         d = DEFAULTS[self.kind]
         self.tasks = dict(self.tasks or d["tasks"])
         self.input_size = int(self.input_size or d["input_size"])
         self.output_stride = int(self.output_stride or d["output_stride"])
+        self.depths = [int(n) for n in self.depths]
         if len(self.tasks) != 2:
-            raise ValueError(f"AFA joins exactly two tasks, got {list(self.tasks)}")
+            raise ValueError(f"these networks join exactly two tasks, got {list(self.tasks)}")
         if self.kind == "pixel" and self.output_stride not in (8, 16):
             raise ValueError(f"pixel networks use output stride 8 or 16, got {self.output_stride}")
+        if self.kind == "image" and self.output_stride != 32:
+            raise ValueError(f"image networks use output stride 32, got {self.output_stride}")
         unknown = set(self.protect_tasks or ()) - set(self.tasks)
         if unknown:
             raise ValueError(f"protect_tasks {sorted(unknown)} are not tasks of this model ({list(self.tasks)})")
+        if self.fusion_at is not None:
+            self.fusion_at = list(self.fusion_at)
+        resolve_points(self.fusion, self.fusion_at, self.depths)  # raises on bad points
 
     @property
     def feature_size(self) -> int:
-        """Side of the stage-4 maps (and of SAM) for the configured square input."""
+        """Side of the stage-4 maps for the configured square input."""
         return feature_size(self.input_size, self.output_stride)
+
+    @property
+    def branches(self) -> list[str]:
+        """Trunk names: one per task, or the one shared trunk of hard sharing."""
+        return [SHARED] if self.fusion == SHARED else list(self.tasks)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 class MultiTaskNet(nn.Module):
-    """Two ResNet-50 branches keyed by task name, AFA layers in stage 4, one head per task.
+    """Task branches keyed by task name (or one shared trunk), fusions keyed by point, a head per task.
 
     ``forward(x)`` takes (B, 3, H, W) and returns {task: output}: image nets (B, classes),
     pixel nets (B, channels, H, W).
@@ -89,58 +128,101 @@ class MultiTaskNet(nn.Module):
         super().__init__()
         self.config = config
         self.tasks = list(config.tasks)
-        self.trunks = nn.ModuleDict({t: Trunk(config.output_stride) for t in self.tasks})
-        channels = self.trunks[self.tasks[0]].stage4_channels
+        self.branch_of = {t: (SHARED if config.fusion == SHARED else t) for t in self.tasks}
+        self.trunks = nn.ModuleDict({b: Trunk(config.output_stride, config.depths) for b in config.branches})
+        trunk = self.trunks[config.branches[0]]
+        channels = trunk.stage4_channels
         if config.kind == "image":
             self.heads = nn.ModuleDict({t: ClassifierHead(channels, n) for t, n in config.tasks.items()})
         else:
             self.heads = nn.ModuleDict(
                 {t: DeepLabHead(n, channels, config.output_stride) for t, n in config.tasks.items()}
             )
-        self.fusions = nn.ModuleList()
-        if config.fusion == "afa":
-            protect = [self.tasks.index(t) for t in (config.protect_tasks or self.tasks)]
-            size = (config.feature_size, config.feature_size)
-            for _ in self.trunks[self.tasks[0]].layer4:
-                layer = AFALayer(channels, size, config.output_stride, config.grad_mode, config.tau, protect)
-                init_afa_(layer)
-                self.fusions.append(layer)
+        self.points = resolve_points(config.fusion, config.fusion_at, config.depths)
+        self.fusions = nn.ModuleDict({point_key(name): self._make_fusion(trunk, stage, name)
+                                      for stage, _, name in self.points})
+        self._fusion_at = {(stage, i): point_key(name) for stage, i, name in self.points}
+
+    def _make_fusion(self, trunk: Trunk, stage: str, name: str) -> PairFusion:
+        cfg = self.config
+        k = STAGES.index(stage) + 1
+        channels = trunk.stage_channels(k)
+        if cfg.fusion == "cross_stitch":
+            return CrossStitch(self.tasks, channels)
+        if cfg.fusion == "nddr":
+            return NDDR(self.tasks, channels)
+        stride = trunk.stage_stride(k)
+        side = feature_size(cfg.input_size, stride)  # SAM is built for this point's map size
+        protect = [self.tasks.index(t) for t in (cfg.protect_tasks or self.tasks[:1])]
+        layer = AFALayer(channels, (side, side), stride, cfg.grad_mode, cfg.tau, protect, self.tasks,
+                         self_prior=cfg.fusion_init == "self")
+        init_afa_(layer)
+        return layer
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        t1, t2 = self.tasks
         out_size = (x.shape[-2], x.shape[-1])
-        low, feats = {}, {}
-        for t in self.tasks:
-            trunk = self.trunks[t]
-            low[t] = trunk.layer1(trunk.stem(x))  # (B, 256, H/4, W/4): the decoder's low-level input
-            feats[t] = trunk.layer3(trunk.layer2(low[t]))
-        for i in range(len(self.trunks[t1].layer4)):
-            f1, f2 = self.trunks[t1].layer4[i](feats[t1]), self.trunks[t2].layer4[i](feats[t2])
-            if self.fusions:
-                f1, f2 = self.fusions[i](f1, f2)
-            feats = {t1: f1, t2: f2}
-        return {t: self.heads[t](feats[t], low[t], out_size) for t in self.tasks}
+        feats = {b: trunk.stem(x) for b, trunk in self.trunks.items()}
+        low: dict[str, Tensor] = {}
+        for stage in STAGES:
+            for i in range(self.config.depths[STAGES.index(stage)]):
+                feats = {b: getattr(trunk, stage)[i](feats[b]) for b, trunk in self.trunks.items()}
+                if stage == "layer1" and i == self.config.depths[0] - 1:
+                    low = feats  # (B, 256, H/4, W/4): the decoders' low-level input, before any fusion here
+                key = self._fusion_at.get((stage, i))
+                if key is not None:
+                    feats = self.fusions[key](feats)
+        return {t: self.heads[t](feats[b], low[b], out_size) for t, b in self.branch_of.items()}
+
+    # -- monitoring ------------------------------------------------------------------------
+
+    def monitor_fusions(self, enabled: bool = True) -> None:
+        """Let every fusion record its mixing weights and gradient norms in training (see models.fusion)."""
+        for f in self.fusions.values():
+            f.monitor = enabled
+
+    def fusion_stats(self) -> dict[str, float]:
+        """{'<point>/<record>': mean since the last call}, e.g. 'layer4_0/cam/w_self',
+        'layer1/same/seg', 'layer4_2/grad_in/depth'; resets the records."""
+        return {f"{key}/{name}": v for key, f in self.fusions.items() for name, v in f.read_stats().items()}
 
     # -- weights ---------------------------------------------------------------------------
 
     def load_backbone_weights(self, weights: WeightsSpec) -> list[str]:
-        """Load one torchvision ResNet-50 state dict into every branch's trunk (strictly);
-        returns the source keys that were not used (torchvision's ``fc``)."""
+        """Load one torchvision ResNet-50 state dict into every trunk (strictly); returns the
+        source keys that were not used (torchvision's ``fc``)."""
         sd = torchvision_state_dict(weights)
         unused: list[str] = []
         for trunk in self.trunks.values():
             unused = load_trunk_weights(trunk, sd)
         return unused
 
+    def shared_parameters(self) -> list[Tensor]:
+        """The last parameters both tasks' losses reach (GradNorm's W): the last block of the
+        shared trunk, or the last fusion module; none for the single-task pair."""
+        if self.config.fusion == SHARED:
+            return list(self.trunks[SHARED].layer4[-1].parameters())
+        if len(self.fusions):
+            return list(self.fusions[list(self.fusions)[-1]].parameters())
+        return []
+
+    def default_lr_mult(self) -> dict[str, float]:
+        """The multipliers of the 'backbone', 'fusion' and 'head' groups for this kind and method."""
+        kind = self.config.kind
+        return {**DEFAULTS[kind]["lr_mult"], "fusion": FUSION_LR_MULT.get(self.config.fusion, {}).get(kind, 1.0)}
+
     def param_groups(self, lr: float, lr_mult: Mapping[str, float] | None = None,
                      weight_decay: float = 0.0) -> list[dict[str, Any]]:
-        """Optimiser parameter groups by rule: 'afa' (fusion layers), 'head' (classifiers, or
-        ASPP + decoders) and 'backbone' (the trunks), each at ``lr * multiplier``.
+        """Optimiser parameter groups: 'backbone' (the trunks), 'fusion' (the fusion modules) and
+        'head' (classifiers, or ASPP + decoders), each at ``lr * multiplier``.
 
-        Multipliers default to the reference recipe for the model's kind.
+        Multipliers default to :meth:`default_lr_mult`; ``lr_mult`` overrides some of them.
         """
-        mult = {**DEFAULTS[self.config.kind]["lr_mult"], **(lr_mult or {})}
-        parts = {"backbone": self.trunks, "afa": self.fusions, "head": self.heads}
+        mult = self.default_lr_mult()
+        unknown = set(lr_mult or ()) - set(mult)
+        if unknown:
+            raise ValueError(f"lr_mult: unknown groups {sorted(unknown)}; the groups are {sorted(mult)}")
+        mult.update(lr_mult or {})
+        parts = {"backbone": self.trunks, "fusion": self.fusions, "head": self.heads}
         groups = []
         for name, module in parts.items():
             params = [p for p in module.parameters() if p.requires_grad]
@@ -157,14 +239,15 @@ def build_model(kind: str, fusion: str = "afa", grad_mode: str = "protect", *,
     Args:
         kind: 'image' (ResNet-50 branches, heads gender/age) or 'pixel' (DeepLabv3+ branches,
             heads seg/depth).
-        fusion: 'afa' (an AFA layer after each stage-4 block) or 'none' (single-task pair).
+        fusion: 'none' (single-task pair), 'shared' (hard sharing), 'cross_stitch', 'nddr' or 'afa'.
         grad_mode: 'joint', 'protect' or 'adaptive' (see models.afa).
         backbone_weights: None (random init), 'imagenet' (torchvision's weights API), a path
             to a torchvision ResNet-50 state-dict file, or such a dict; the same tensors go
             into every branch.
         verbose: print which source keys were left unused by the backbone load.
         **options: ModelConfig fields: tasks ({name: channels}, two tasks), input_size
-            (the square crop the net is fed; sets SAM's size), output_stride, tau, protect_tasks.
+            (the square crop the net is fed; sets SAM's size), output_stride, tau, protect_tasks,
+            fusion_at, fusion_init, depths.
     """
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = set(options) - fields
@@ -187,6 +270,7 @@ def init_from_stage1(model: MultiTaskNet, state_dict: Mapping[str, Tensor],
                      heads: bool = False) -> dict[str, list[str]]:
     """Initialise a (fused) network from a stage-1 (single-task, ``fusion='none'``) state dict.
 
+    Hard sharing has no single-task network to start from (ImageNet weights instead).
     As in the reference, the trunks are taken and the heads are not (image nets: everything
     but the heads; pixel nets: the backbones, i.e. not ASPP and decoders) — with one trunk
     per task, both rules take the trunks; ``heads=True`` takes the heads too (fine-tuning from the
@@ -194,6 +278,9 @@ def init_from_stage1(model: MultiTaskNet, state_dict: Mapping[str, Tensor],
     tasks: anything missing, of another shape, or foreign (AFA layers) raises a ValueError listing
     it. Returns {'loaded': keys copied, 'kept': model keys left as they were}.
     """
+    if model.config.fusion == SHARED:
+        raise ValueError("hard sharing ('shared') starts from ImageNet weights (--pretrained), not from a "
+                         "single-task checkpoint: it has one trunk where stage 1 has two")
     own = model.state_dict()
     wanted = [k for k in own if k.startswith(("trunks.", "heads.") if heads else "trunks.")]
     missing = [k for k in wanted if k not in state_dict]

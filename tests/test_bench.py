@@ -33,8 +33,8 @@ def _check_steps(report, n):
 
 def test_steps_report(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    report = bench.main(_args("--kinds", "image", "pixel", "--batch-size", "2", "--input-size", "32",
-                              "--amp", "none", "bf16", "--channels-last", "--json", str(out)))
+    report = bench.main(_args("--kinds", "image", "pixel", "--fusions", "none", "afa", "--batch-size", "2",
+                              "--input-size", "32", "--amp", "none", "bf16", "--channels-last", "--json", str(out)))
     _check_steps(report, 2 * 2 * 2)  # kinds x fusions x precisions
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     labels = {r["label"] for r in report["steps"]}

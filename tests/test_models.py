@@ -1,8 +1,10 @@
 """Models: shapes, the AFA computation and its gradient modes, weights and conversions.
 
-Small inputs keep this fast: an image net built for 64 px has 2x2 stage-4 maps, a pixel
-net built for 64 px has 4x4 (output stride 16).
+Small inputs and tiny trunks (TINY: one bottleneck per stage, three in stage 4) keep this fast:
+an image net built for 64 px has 2x2 stage-4 maps, a pixel net built for 64 px has 4x4 (output
+stride 16). The real ResNet-50 is built where its layout matters (sizes, ImageNet weights).
 """
+
 
 import pytest
 import torch
@@ -18,8 +20,10 @@ from models import (
     init_from_stage1,
     to_reference_state_dict,
 )
+from models.fusion import FUSIONS
 
 torch.set_num_threads(2)
+TINY = [1, 1, 1, 3]
 
 
 def _rand_pair(c=8, s=3, seed=0):
@@ -61,7 +65,7 @@ def test_afa_layer_is_cam_relu_sam_relu():
     x1, x2 = _rand_pair()
     c1, c2 = layer.cam(x1, x2)
     expected = layer.sam(F.relu(c1), F.relu(c2))
-    for y, e in zip(layer(x1, x2), expected):
+    for y, e in zip(layer.fuse(x1, x2), expected):
         torch.testing.assert_close(y, F.relu(e))
 
 
@@ -70,7 +74,7 @@ def test_afa_layer_is_cam_relu_sam_relu():
 def _grads(layer, g1, g2, seed=0):
     layer.zero_grad()
     x1, x2 = _rand_pair(seed=seed)
-    y1, y2 = layer(x1, x2)
+    y1, y2 = layer.fuse(x1, x2)
     ((y1 * g1).sum() + (y2 * g2).sum()).backward()
     params = {n: p.grad.clone() for n, p in layer.named_parameters()}
     return x1.grad, x2.grad, params, (x1, x2, y1, y2)
@@ -91,14 +95,14 @@ def test_forward_values_equal_in_all_modes():
     layers = _layers(joint={"grad_mode": "joint"}, protect={"grad_mode": "protect"},
                      adaptive={"grad_mode": "adaptive"})
     x1, x2 = _rand_pair()
-    outs = [layer(x1, x2) for layer in layers.values()]
+    outs = [layer.fuse(x1, x2) for layer in layers.values()]
     for o in outs[1:]:
         torch.testing.assert_close(o[0], outs[0][0])
         torch.testing.assert_close(o[1], outs[0][1])
 
 
-def test_protect_gives_each_branch_only_its_straight_through_gradient():
-    layers = _layers(joint={"grad_mode": "joint"}, protect={"grad_mode": "protect"})
+def test_protect_both_gives_each_branch_only_its_straight_through_gradient():
+    layers = _layers(joint={"grad_mode": "joint"}, protect={"grad_mode": "protect", "protect_tasks": (0, 1)})
     g1, g2 = torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3, 3)
     gx1, gx2, p_protect, (x1, x2, y1, y2) = _grads(layers["protect"], g1, g2)
     # dL/dx_t = dL/dy_t through the two ReLUs (after CAM and after SAM), nothing from the other task.
@@ -119,8 +123,9 @@ def test_protect_gives_each_branch_only_its_straight_through_gradient():
         assert all(torch.count_nonzero(g) > 0 for n, g in p_one.items() if n.startswith("cam."))
 
 
-def test_protect_one_task_shields_only_that_branch():
-    layers = _layers(p1={"grad_mode": "protect", "protect_tasks": (0,)})
+def test_protect_default_shields_task_1_only_as_the_original_at_head():
+    layers = _layers(p1={"grad_mode": "protect"})
+    assert layers["p1"].protect_tasks == (0,)
     zero, g = torch.zeros(2, 8, 3, 3), torch.randn(2, 8, 3, 3)
     gx1, gx2, _, _ = _grads(layers["p1"], zero, g)  # loss on task 2 only
     assert torch.count_nonzero(gx1) == 0, "task 1 must get nothing from task 2's loss"
@@ -130,7 +135,7 @@ def test_protect_one_task_shields_only_that_branch():
 
 
 def test_adaptive_falls_back_above_threshold_only():
-    layers = _layers(joint={"grad_mode": "joint"}, protect={"grad_mode": "protect"},
+    layers = _layers(joint={"grad_mode": "joint"}, protect={"grad_mode": "protect", "protect_tasks": (0, 1)},
                      tight={"grad_mode": "adaptive", "tau": 1.0001}, loose={"grad_mode": "adaptive", "tau": 1e6})
     g1, g2 = torch.randn(2, 8, 3, 3), 1e3 * torch.randn(2, 8, 3, 3)  # task 2 dominates the fused gradient
     jx1, jx2, p_joint, _ = _grads(layers["joint"], g1, g2)
@@ -155,30 +160,34 @@ def test_bad_layer_options_are_refused():
 
 # -- networks ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind,fusion", [("image", "none"), ("image", "afa"), ("pixel", "none"), ("pixel", "afa")])
+@pytest.mark.parametrize("kind", ["image", "pixel"])
+@pytest.mark.parametrize("fusion", FUSIONS)
 def test_output_shapes_and_keys(kind, fusion):
-    model = build_model(kind, fusion, input_size=64).eval()
+    model = build_model(kind, fusion, input_size=64, depths=TINY).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 64))
     if kind == "image":
         assert {k: tuple(v.shape) for k, v in out.items()} == {"gender": (2, 2), "age": (2, 8)}
     else:
         assert {k: tuple(v.shape) for k, v in out.items()} == {"seg": (2, 40, 64, 64), "depth": (2, 1, 64, 64)}
-    assert len(model.fusions) == (3 if fusion == "afa" else 0)
+    expected = {"afa": ["layer4_0", "layer4_1", "layer4_2"], "cross_stitch": ["layer1", "layer2", "layer3", "layer4"]}
+    expected["nddr"] = expected["cross_stitch"]
+    assert list(model.fusions) == expected.get(fusion, [])
+    assert list(model.trunks) == (["shared"] if fusion == "shared" else list(out))
 
 
 def test_default_sizes_give_the_papers_sam_sizes():
-    assert build_model("image").fusions[0].sam.size == (7, 7)
+    assert build_model("image").fusions["layer4_0"].sam.size == (7, 7)
     pixel = build_model("pixel")
-    assert pixel.fusions[0].sam.size == (19, 19)
+    assert pixel.fusions["layer4_0"].sam.size == (19, 19)
     trunk = pixel.trunks["seg"]
     assert [b.conv2.dilation for b in trunk.layer4] == [(2, 2), (4, 4), (8, 8)]
     assert trunk.layer4[0].conv2.stride == (1, 1) and trunk.layer4[0].downsample[0].stride == (1, 1)
 
 
 def test_options_set_tasks_and_sizes():
-    model = build_model("image", tasks={"smile": 2, "pose": 5}, input_size=96).eval()
-    assert model.fusions[0].sam.size == (3, 3)
+    model = build_model("image", tasks={"smile": 2, "pose": 5}, input_size=96, depths=TINY).eval()
+    assert model.fusions["layer4_0"].sam.size == (3, 3)
     with torch.no_grad():
         out = model(torch.randn(1, 3, 96, 96))
     assert {k: v.shape[1] for k, v in out.items()} == {"smile": 2, "pose": 5}
@@ -189,15 +198,27 @@ def test_options_set_tasks_and_sizes():
 
 
 def test_sam_size_error_names_the_inputs_that_fit():
-    model = build_model("image", "afa", input_size=64).eval()
+    model = build_model("image", "afa", input_size=64, depths=TINY).eval()
     with pytest.raises(ValueError, match=r"built for 2x2 .* got 3x3.* 33-64"):
         model(torch.randn(1, 3, 96, 96))
 
 
+def _live_sam(model):
+    """SAM's map g = ReLU(conv7x7(channel means)) sees non-negative, nearly uniform inputs, so with the
+    reference's zero-mean init it is all zero (and SAM gets no gradient) whenever the kernel's sum is
+    negative: about half of the layers at random. These tests check wiring: make every SAM live."""
+    with torch.no_grad():
+        for f in model.fusions.values():
+            if isinstance(f, AFALayer):
+                f.sam.conv.weight.abs_()
+
+
 @pytest.mark.parametrize("kind", ["image", "pixel"])
-def test_joint_mode_gives_every_parameter_a_gradient(kind):
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_every_parameter_gets_a_gradient(kind, fusion):
     torch.manual_seed(0)
-    model = build_model(kind, "afa", "joint", input_size=64).train()
+    model = build_model(kind, fusion, "joint", input_size=64, depths=TINY).train()
+    _live_sam(model)
     out = model(torch.randn(2, 3, 64, 64))
     sum(o.square().mean() for o in out.values()).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or torch.count_nonzero(p.grad) == 0]
@@ -206,11 +227,16 @@ def test_joint_mode_gives_every_parameter_a_gradient(kind):
 
 def test_protect_mode_in_the_network_cuts_the_cross_task_path():
     torch.manual_seed(0)
-    model = build_model("image", "afa", "protect", input_size=64).eval()
-    model(torch.randn(2, 3, 64, 64))["age"].sum().backward()
+    model = build_model("image", "afa", "protect", input_size=64, depths=TINY).eval()
+    _live_sam(model)
+    x = torch.randn(2, 3, 64, 64)
+    model(x)["age"].sum().backward()
     gender_trunk = [p.grad for p in model.trunks["gender"].parameters()]
     assert all(g is None or torch.count_nonzero(g) == 0 for g in gender_trunk)
     assert all(torch.count_nonzero(p.grad) > 0 for p in model.fusions.parameters())
+    model.zero_grad()
+    model(x)["gender"].sum().backward()  # task 2 is not shielded: gender's loss reaches the age trunk
+    assert all(torch.count_nonzero(p.grad) > 0 for p in model.trunks["age"].layer4.parameters())
 
 
 # -- weights ----------------------------------------------------------------------------------
@@ -253,13 +279,15 @@ def test_backbone_weights_errors(tmp_path, torchvision_resnet):
         build_model("image", backbone_weights=str(bad))
 
 
-@pytest.mark.parametrize("kind,fusion", [("image", "none"), ("image", "afa"), ("pixel", "none"), ("pixel", "afa")])
+@pytest.mark.parametrize("kind", ["image", "pixel"])
+@pytest.mark.parametrize("fusion", FUSIONS)
 def test_reference_layout_round_trips(kind, fusion):
-    model = build_model(kind, fusion, input_size=64)
+    model = build_model(kind, fusion, input_size=64, depths=TINY)
     sd = model.state_dict()
-    ref = to_reference_state_dict(sd, kind)
-    assert all(k.startswith(("A_", "B_", "layer", "backbone.")) for k in ref)
-    back = convert_reference_state_dict(ref, kind)
+    ref = to_reference_state_dict(sd, kind, fusion)
+    prefixes = ("A_", "B_", "layer", "backbone.", "Cross_", "NDDR_", "conv1", "bn1")
+    assert all(k.startswith(prefixes) for k in ref)
+    back = convert_reference_state_dict(ref, kind, fusion)
     assert list(back) == list(sd)
     model.load_state_dict(back, strict=True)
 
@@ -272,7 +300,8 @@ def test_reference_names_map_to_ours():
     }, "image")
     assert list(image) == [
         "trunks.gender.conv1.weight", "trunks.age.layer2.0.downsample.1.running_var",
-        "fusions.1.cam.self_fc.weight", "fusions.2.sam.other_fc.weight", "fusions.0.cam.reduce.weight",
+        "fusions.layer4_1.cam.self_fc.weight", "fusions.layer4_2.sam.other_fc.weight",
+        "fusions.layer4_0.cam.reduce.weight",
         "heads.age.fc.bias",
     ]
     pixel = convert_reference_state_dict({
@@ -282,17 +311,25 @@ def test_reference_names_map_to_ours():
     }, "pixel")
     assert list(pixel) == [
         "trunks.seg.layer3.5.bn2.num_batches_tracked", "heads.seg.aspp.convs.2.0.weight",
-        "heads.depth.aspp.pool.2.running_mean", "heads.seg.aspp.project.1.bias", "heads.depth.decoder.fuse.4.weight",
-        "heads.seg.decoder.classifier.bias", "fusions.0.sam.conv.weight",
+        "heads.depth.aspp.convs.4.2.running_mean", "heads.seg.aspp.project.1.bias",
+        "heads.depth.decoder.fuse.4.weight", "heads.seg.decoder.classifier.bias", "fusions.layer4_0.sam.conv.weight",
     ]
-    with pytest.raises(ValueError, match="not image-network keys .*module.A_conv1.weight"):
+    cross = convert_reference_state_dict({"Cross_2.B_weight_diff": t, "Cross_4.A_weight_same": t}, "image",
+                                         "cross_stitch")
+    assert list(cross) == ["fusions.layer2.other.age", "fusions.layer4.same.gender"]
+    nddr = convert_reference_state_dict({"backbone.NDDR_3.nddr_2.weight": t, "backbone.NDDR_1.bn_1.running_var": t},
+                                        "pixel", "nddr")
+    assert list(nddr) == ["fusions.layer3.conv.depth.weight", "fusions.layer1.bn.seg.running_var"]
+    hard = convert_reference_state_dict({"layer1.0.conv1.weight": t, "B_fc.weight": t}, "image", "shared")
+    assert list(hard) == ["trunks.shared.layer1.0.conv1.weight", "heads.age.fc.weight"]
+    with pytest.raises(ValueError, match="not keys of the original AFANet image 'afa' network: .*module.A_conv1"):
         convert_reference_state_dict({"module.A_conv1.weight": t}, "image")
 
 
 def test_stage2_initialisation_takes_the_trunks_and_reports():
     torch.manual_seed(0)
-    single = build_model("pixel", "none", input_size=64)
-    fused = build_model("pixel", "afa", input_size=64)
+    single = build_model("pixel", "none", input_size=64, depths=TINY)
+    fused = build_model("pixel", "afa", input_size=64, depths=TINY)
     report = init_from_stage1(fused, single.state_dict())
     sd = fused.state_dict()
     assert report["loaded"] and all(k.startswith("trunks.") for k in report["loaded"])
@@ -305,17 +342,26 @@ def test_stage2_initialisation_takes_the_trunks_and_reports():
     assert set(whole["loaded"]) == set(single.state_dict())
     assert all(k.startswith("fusions.") for k in whole["kept"])
     with pytest.raises(ValueError, match="missing"):
-        init_from_stage1(fused, build_model("image", "none", input_size=64).state_dict())
-    with pytest.raises(ValueError, match="not from a single-task network .*fusions.0"):
+        init_from_stage1(fused, build_model("image", "none", input_size=64, depths=TINY).state_dict())
+    with pytest.raises(ValueError, match="not from a single-task network .*fusions.layer4_0"):
         init_from_stage1(fused, fused.state_dict())
+    with pytest.raises(ValueError, match="hard sharing"):
+        init_from_stage1(build_model("pixel", "shared", input_size=64, depths=TINY), single.state_dict())
 
 
 def test_param_groups_follow_the_reference_recipe():
-    image = build_model("image", "afa", input_size=64)
+    image = build_model("image", "afa", input_size=64, depths=TINY)
     groups = {g["name"]: g for g in image.param_groups(0.01)}
-    assert groups["afa"]["lr"] == pytest.approx(10.0) and groups["backbone"]["lr"] == pytest.approx(0.01)
-    pixel = build_model("pixel", "afa", input_size=64)
-    groups = {g["name"]: g for g in pixel.param_groups(0.01, lr_mult={"afa": 5})}
-    assert groups["head"]["lr"] == pytest.approx(0.1) and groups["afa"]["lr"] == pytest.approx(0.05)
+    assert groups["fusion"]["lr"] == pytest.approx(10.0) and groups["backbone"]["lr"] == pytest.approx(0.01)
+    pixel = build_model("pixel", "afa", input_size=64, depths=TINY)
+    groups = {g["name"]: g for g in pixel.param_groups(0.01, lr_mult={"fusion": 5})}
+    assert groups["head"]["lr"] == pytest.approx(0.1) and groups["fusion"]["lr"] == pytest.approx(0.05)
     ids = [id(p) for g in groups.values() for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in pixel.parameters())
+    for fusion in ("cross_stitch", "nddr"):  # Misra et al. / Gao et al.: the units at x100
+        groups = {g["name"]: g for g in build_model("image", fusion, depths=TINY).param_groups(0.01)}
+        assert groups["fusion"]["lr"] == pytest.approx(1.0)
+    shared = {g["name"] for g in build_model("image", "shared", depths=TINY).param_groups(0.01)}
+    assert shared == {"backbone", "head"}
+    with pytest.raises(ValueError, match="unknown groups .*afa"):
+        image.param_groups(0.01, lr_mult={"afa": 5})
