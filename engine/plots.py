@@ -19,7 +19,8 @@ def curve_panels(keys: list[str]) -> list[tuple[str, list[str], bool]]:
     """(title, log keys, log y-axis) per panel of plot_curves, empty panels left out."""
     val_keys = [k for k in keys if k.startswith("val/")]
     panels = [
-        ("training loss", [k for k in keys if k.startswith("train/")], False),
+        ("training loss", [k for k in keys if k.startswith("train/loss/")], False),
+        ("loss weights", [k for k in keys if k.startswith("train/weight/")], False),
         ("validation (higher is better)", [k for k in val_keys if k.endswith(HIGHER_IS_BETTER)], False),
         ("validation errors (lower is better)", [k for k in val_keys if not k.endswith(HIGHER_IS_BETTER)], True),
     ]

@@ -8,6 +8,7 @@ resume, signals, logging — lives here once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -16,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from data import DataError
 from models import ModelConfig, MultiTaskNet, init_from_stage1, model_from_config
 from models.afa import DEFAULT_TAU, GRAD_MODES
-from models.multitask import FUSIONS
+from models.fusion import FUSION_INITS, FUSIONS
 
 from .checkpoint import (
     CheckpointError,
@@ -44,6 +45,7 @@ from .logger import RunLogger
 from .metrics import validation_score
 from .sampler import EpochSampler, SeededDataset
 from .schedule import SCHEDULES, build_scheduler
+from .weighting import DEFAULT_DWA_TEMP, DEFAULT_GRADNORM_ALPHA, WEIGHTINGS, LossWeighting, build_weighting
 
 BIG = 2 ** 62  # "no non-finite loss seen yet" in the on-device tracker
 
@@ -80,11 +82,25 @@ def common_args(parser: argparse.ArgumentParser, kind: str, defaults: dict[str, 
     holds the family's recipe (crop_size, epochs, batch_size, lr, weight_decay, schedule ...)."""
     p = parser
     p.add_argument("--data-root", required=True, help="dataset folder (see README: prepared NYUv2 / Adience)")
-    p.add_argument("--fusion", choices=FUSIONS, default="none", help="none = stage 1 (single-task pair), afa = stage 2")
+    p.add_argument("--fusion", choices=FUSIONS, default="none",
+                   help="none = stage 1 (single-task pair); shared (hard sharing, from ImageNet); cross_stitch, "
+                        "nddr, afa = stage 2 (README: the methods)")
+    p.add_argument("--fusion-at", nargs="+", default=None, metavar="POINT",
+                   help="fusion points, e.g. layer3 layer4.1 layer4.* (default: the method's, README)")
+    p.add_argument("--fusion-init", choices=FUSION_INITS, default="reference",
+                   help="self: AFA layers start passing 0.9 of a branch's own features (cross-stitch's start)")
     p.add_argument("--grad-mode", choices=GRAD_MODES, default="protect", help="AFA gradient mode (models/afa.py)")
     p.add_argument("--tau", type=float, default=DEFAULT_TAU, help="adaptive mode's norm-ratio threshold")
     p.add_argument("--protect-tasks", nargs="+", default=None,
-                   help="protect mode: tasks whose branch is shielded (default: both, as the original code)")
+                   help="protect mode: tasks whose branch is shielded (default: task 1, as the original code's "
+                        "latest commit; both tasks as its older commits)")
+    p.add_argument("--weighting", choices=WEIGHTINGS, default=None,
+                   help="loss weighting (default: dwa when the tasks interact, the original recipe; equal for none)")
+    p.add_argument("--dwa-temp", type=float, default=DEFAULT_DWA_TEMP, help="DWA temperature")
+    p.add_argument("--gradnorm-alpha", type=float, default=DEFAULT_GRADNORM_ALPHA, help="GradNorm asymmetry")
+    p.add_argument("--depths", type=int, nargs=4, default=None, metavar="N",
+                   help="bottlenecks per ResNet stage (default 3 4 6 3, ResNet-50; fewer only for smoke tests, "
+                        "from random weights)")
     p.add_argument("--init", default=None, help="stage 2: the stage-1 checkpoint (--fusion none) to start from")
     p.add_argument("--init-heads", action="store_true",
                    help="with --init, also take the task heads (the reference takes the trunks only)")
@@ -95,7 +111,8 @@ def common_args(parser: argparse.ArgumentParser, kind: str, defaults: dict[str, 
     p.add_argument("--batch-size", type=int, help="per-process batch size")
     p.add_argument("--lr", type=float, help="base learning rate (backbone; groups scale it)")
     p.add_argument("--lr-mult", type=json.loads, default=None,
-                   help='JSON multipliers per group, e.g. \'{"afa": 1000, "head": 1}\' (default: the reference recipe)')
+                   help='JSON multipliers per group (backbone, fusion, head), e.g. \'{"fusion": 100}\' '
+                        '(default: per method, README)')
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--schedule", choices=SCHEDULES)
@@ -126,7 +143,7 @@ def common_args(parser: argparse.ArgumentParser, kind: str, defaults: dict[str, 
 
 
 def run_name(args: argparse.Namespace, kind: str) -> str:
-    name = f"{kind}_{'single' if args.fusion == 'none' else 'afa'}"
+    name = f"{kind}_{'single' if args.fusion == 'none' else args.fusion}"
     return name + (f"_fold{args.test_fold}" if getattr(args, "test_fold", None) is not None else "")
 
 
@@ -196,75 +213,127 @@ def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool =
     return out
 
 
+@dataclass
+class TrainState:
+    """Where training stands; saved in every resumable checkpoint so that a run resumes exactly.
+
+    Mid-epoch (``batch_in_epoch`` > 0) the epoch's running sums of the unweighted task losses and
+    of their weights are kept too: DWA's next weights are computed from the whole epoch's mean.
+    """
+
+    epoch: int = 0
+    iteration: int = 0
+    batch_in_epoch: int = 0
+    best: float = -math.inf
+    best_metrics: dict[str, float] | None = None
+    epoch_loss_sum: list[float] = field(default_factory=list)
+    epoch_weight_sum: list[float] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        for f in dataclasses.fields(self):
+            if f.name in d:
+                setattr(self, f.name, d[f.name])
+
+
+@dataclass
+class EpochResult:
+    """What one (possibly interrupted) training epoch did."""
+
+    losses: dict[str, float]  # epoch mean of each unweighted task loss, over all ranks
+    weights: dict[str, float]  # mean weight each task's loss had in the epoch's steps
+    interrupted: bool = False  # a signal stopped it at a batch boundary (the state is saved for resume)
+
+
+def train_step(model: nn.Module, batch: dict[str, Any], family: TaskFamily, optimizer: torch.optim.Optimizer,
+               weighting: LossWeighting, shared: list[Tensor], *, amp: str, device: torch.device,
+               scaler: torch.amp.GradScaler | None = None, dist: DistInfo | None = None) -> Tensor:
+    """One optimisation step on a batch already on the device; returns the unweighted task losses
+    (K,) in ``weighting.tasks`` order, detached and still on the device (no host sync)."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, amp):
+        out = model(batch["image"])
+    losses = family.losses(out, batch)
+    total = weighting.combine(losses, shared)
+    (scaler.scale(total) if scaler is not None else total).backward()
+    if dist is not None and dist.distributed:
+        # The weighting's learned parameters live outside DDP: average their gradients by hand.
+        for p in weighting.parameters():
+            if p.grad is not None:
+                all_reduce_sum(p.grad).div_(dist.world_size)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    weighting.after_step()
+    return torch.stack([losses[t] for t in weighting.tasks]).detach()
+
+
 def train_one_epoch(model: nn.Module, family: TaskFamily, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    scheduler, scaler, args: argparse.Namespace, dist: DistInfo, logger: RunLogger,
-                    state: dict[str, Any], stop: StopFlag, save_interrupted: Callable[[], None]) -> dict[str, float]:
-    """One epoch of training; returns the mean loss per task. ``state`` carries epoch,
-    iteration and batch_in_epoch so that an interruption can be saved and resumed exactly."""
+                    scheduler, scaler, weighting: LossWeighting, shared: list[Tensor], args: argparse.Namespace,
+                    dist: DistInfo, logger: RunLogger, state: TrainState, stop: StopFlag) -> EpochResult:
+    """One epoch of training from ``state.batch_in_epoch`` on. ``state`` advances with every step;
+    when a signal arrives, the epoch stops at a batch boundary with the running sums in ``state``."""
     model.train()
     device = dist.device
-    tasks = list(family_tasks(model))
-    loss_sum = torch.zeros(len(tasks), device=device)
-    window = torch.zeros(len(tasks), device=device)
-    first_bad = torch.full((len(tasks),), BIG, dtype=torch.int64, device=device)
-    n_done, n_window = 0, 0
+    tasks = weighting.tasks
+    k = len(tasks)
+    # Running sums stay on the device: no host sync per iteration.
+    loss_sum = torch.tensor(state.epoch_loss_sum or [0.0] * k, device=device)
+    weight_sum = torch.tensor(state.epoch_weight_sum or [0.0] * k, device=device)
+    window = torch.zeros(k, device=device)
+    first_bad = torch.full((k,), BIG, dtype=torch.int64, device=device)
+    n_window = 0
     total = len(loader)
     if args.limit_batches is not None:
-        total = min(total, args.limit_batches - state["batch_in_epoch"])
-    bar = tqdm(total=max(total, 0), desc=f"epoch {state['epoch'] + 1}/{args.epochs}", disable=not dist.is_main,
+        total = min(total, args.limit_batches - state.batch_in_epoch)
+    bar = tqdm(total=max(total, 0), desc=f"epoch {state.epoch + 1}/{args.epochs}", disable=not dist.is_main,
                dynamic_ncols=True, leave=False)
+    n_done = 0
+    interrupted = False
     for batch in loader:
         if n_done >= total:
             break
         batch = to_device(batch, device, args.channels_last)
-        with autocast(device, args.amp):
-            out = model(batch["image"])
-        losses = family.losses(out, batch)
-        vec = torch.stack([losses[t] for t in tasks])
-        loss = vec.sum()
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        weights = torch.stack([w.to(device) for w in weighting.weights().values()])  # this step's weights
+        vec = train_step(model, batch, family, optimizer, weighting, shared, amp=args.amp, device=device,
+                         scaler=scaler, dist=dist)
         scheduler.step()
-        # Bookkeeping stays on the device: no host sync per iteration.
-        vec = vec.detach()
-        it = state["iteration"]
-        first_bad = torch.minimum(first_bad, torch.where(torch.isfinite(vec), BIG, it))
+        first_bad = torch.minimum(first_bad, torch.where(torch.isfinite(vec), BIG, state.iteration))
         loss_sum += vec
+        weight_sum += weights
         window += vec
         n_done, n_window = n_done + 1, n_window + 1
-        state["iteration"] += 1
-        state["batch_in_epoch"] += 1
+        state.iteration += 1
+        state.batch_in_epoch += 1
         bar.update(1)
-        at_log = state["iteration"] % args.log_every == 0
+        at_log = state.iteration % args.log_every == 0
         if at_log or device.type == "cpu":
             check_finite(first_bad, tasks)
         if at_log:
             means = (window / n_window).tolist()
-            logger.scalars({t: v for t, v in zip(tasks, means)}, state["iteration"], head="loss/")
+            logger.scalars(dict(zip(tasks, means)), state.iteration, head="loss/")
             logger.scalars({f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)},
-                           state["iteration"], head="opt/")
+                           state.iteration, head="opt/")
             bar.set_postfix({t: f"{v:.3f}" for t, v in zip(tasks, means)})
             window.zero_()
             n_window = 0
         if should_stop(stop, dist, at_log):
-            bar.close()
-            check_finite(first_bad, tasks)
-            save_interrupted()
-            raise SystemExit(128 + (stop.signum or signal.SIGTERM))
+            interrupted = True
+            break
     bar.close()
     check_finite(first_bad, tasks)
-    means = (loss_sum / max(n_done, 1)).tolist()
-    return {t: v for t, v in zip(tasks, means)}
-
-
-def family_tasks(model: nn.Module) -> list[str]:
-    return list(getattr(model, "module", model).tasks)
+    if interrupted:
+        state.epoch_loss_sum, state.epoch_weight_sum = loss_sum.tolist(), weight_sum.tolist()
+        return EpochResult({}, {}, interrupted=True)
+    steps = max(state.batch_in_epoch, 1)
+    if dist.distributed:  # every rank gets the global means (DWA must see the same numbers everywhere)
+        all_reduce_sum(loss_sum).div_(dist.world_size)
+    state.epoch_loss_sum, state.epoch_weight_sum = [], []
+    return EpochResult(dict(zip(tasks, (loss_sum / steps).tolist())), dict(zip(tasks, (weight_sum / steps).tolist())))
 
 
 def check_finite(first_bad: Tensor, tasks: list[str]) -> None:
@@ -306,20 +375,45 @@ def recompute_bn_stats(model: nn.Module, loader: DataLoader, n_batches: int, dev
                 all_reduce_sum(t).div_(dist.world_size)
 
 
-def build_optimizer(model: MultiTaskNet, args: argparse.Namespace, device: torch.device) -> torch.optim.Optimizer:
-    groups = model.param_groups(args.lr, args.lr_mult, args.weight_decay)
+def build_optimizer(model: MultiTaskNet, weighting: LossWeighting, args: argparse.Namespace,
+                    device: torch.device) -> torch.optim.Optimizer:
+    """SGD over the model's groups (backbone, fusion, head) and, when the weighting learns
+    parameters (uncertainty, GradNorm), a 'weighting' group at the base rate without weight decay
+    (decay would pull log variances and weights towards 0)."""
+    try:
+        groups = model.param_groups(args.lr, args.lr_mult, args.weight_decay)
+    except ValueError as e:
+        raise UserError(f"--lr-mult {json.dumps(args.lr_mult)}: {e}") from None
+    learned = [p for p in weighting.parameters() if p.requires_grad]
+    if learned:
+        groups.append({"name": "weighting", "params": learned, "lr": args.lr, "lr_mult": 1.0, "weight_decay": 0.0})
     kw: dict[str, Any] = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, **kw)
 
 
-def checkpoint_state(model: MultiTaskNet, optimizer, scheduler, scaler, state: dict[str, Any],
-                     args: argparse.Namespace) -> dict[str, Any]:
+def default_weighting(fusion: str) -> str:
+    """The original recipe: DWA (T = 2) when the tasks interact; a plain sum for the single-task pair."""
+    return "equal" if fusion == "none" else "dwa"
+
+
+def make_weighting(model: MultiTaskNet, args: argparse.Namespace) -> LossWeighting:
+    name = args.weighting or default_weighting(model.config.fusion)
+    if name == "gradnorm" and not model.shared_parameters():
+        raise UserError(f"--weighting gradnorm balances gradients on parameters both tasks share; "
+                        f"--fusion {model.config.fusion} has none")
+    try:
+        return build_weighting(name, model.tasks, dwa_temp=args.dwa_temp, gradnorm_alpha=args.gradnorm_alpha)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def checkpoint_state(model: MultiTaskNet, optimizer, scheduler, scaler, weighting: LossWeighting,
+                     state: TrainState, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": model.state_dict(), "model_config": model.config.to_dict(), "kind": model.config.kind,
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "epoch": state["epoch"], "iteration": state["iteration"], "batch_in_epoch": state["batch_in_epoch"],
-        "best": state["best"], "best_metrics": state.get("best_metrics"), "rng": capture_rng(),
+        "weighting": weighting.state_dict(), "train_state": state.state_dict(), "rng": capture_rng(),
         "args": plain_args(args),
     }
 
@@ -328,8 +422,9 @@ def best_state(full: dict[str, Any]) -> dict[str, Any]:
     """The best-by-validation file: the model, how to rebuild it and its scores, without the
     optimiser and RNG state (it is for evaluation and stage-2 initialisation, not for resuming;
     about half the size of a resumable checkpoint)."""
-    keep = ("model", "model_config", "kind", "epoch", "iteration", "best", "best_metrics", "args")
-    return {k: full[k] for k in keep}
+    train = full["train_state"]
+    return {**{k: full[k] for k in ("model", "model_config", "kind", "args")},
+            **{k: train[k] for k in ("epoch", "iteration", "best", "best_metrics")}}
 
 
 def load_stage1(path: str, config: ModelConfig) -> dict[str, Tensor]:
@@ -346,6 +441,71 @@ def load_stage1(path: str, config: ModelConfig) -> dict[str, Tensor]:
     if problems:
         raise UserError(f"--init {path}: not a stage-1 checkpoint for this network: " + "; ".join(problems))
     return ck["model"]
+
+
+def build_network(args: argparse.Namespace, family: TaskFamily, train_set: Any, resume: dict[str, Any] | None,
+                  dist: DistInfo) -> MultiTaskNet:
+    """The network of a resumed run (from its stored config), or a new one from the flags with its
+    starting weights: a stage-1 checkpoint (--init) or ImageNet backbones (--pretrained)."""
+    if resume is not None:
+        return model_from_config(resume["model_config"])
+    try:
+        config = ModelConfig(kind=family.kind, fusion=args.fusion, grad_mode=args.grad_mode,
+                             tasks=family.tasks(train_set), input_size=args.crop_size, tau=args.tau,
+                             protect_tasks=args.protect_tasks, fusion_at=args.fusion_at, fusion_init=args.fusion_init,
+                             **({"depths": args.depths} if args.depths else {}))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    model = model_from_config(config.to_dict())
+    if args.init:
+        if config.fusion == "shared":
+            raise UserError(f"--init {args.init}: hard sharing ('shared') starts from ImageNet weights "
+                            "(--pretrained), not from a single-task checkpoint")
+        report = init_from_stage1(model, load_stage1(args.init, config), heads=args.init_heads)
+        if dist.is_main:
+            what = "trunks and heads" if args.init_heads else "trunks"
+            print(f"init from {args.init}: {len(report['loaded'])} tensors loaded ({what}); "
+                  f"{len(report['kept'])} kept as initialised")
+    elif args.pretrained and args.pretrained != "none":
+        try:
+            unused = model.load_backbone_weights(args.pretrained)
+        except ValueError as e:
+            raise UserError(f"--pretrained {args.pretrained}: {e}") from None
+        except OSError as e:  # urllib's URLError is an OSError: no network, proxy, full disk ...
+            if args.pretrained != "imagenet":
+                raise
+            raise UserError(f"--pretrained imagenet: could not get torchvision's ResNet-50 weights ({e}); "
+                            "use --pretrained PATH (a saved state dict) or --pretrained none") from None
+        if dist.is_main:
+            print(f"backbones from {args.pretrained}; unused keys: {', '.join(unused) or 'none'}")
+    return model
+
+
+def load_resume(args: argparse.Namespace, family: TaskFamily) -> dict[str, Any] | None:
+    """The checkpoint to resume from, checked to be a resumable one of this family."""
+    if not args.resume:
+        return None
+    resume = load_checkpoint(args.resume)
+    if resume.get("kind") != family.kind:
+        raise UserError(f"--resume {args.resume}: a {resume.get('kind')!r} checkpoint, this script trains "
+                        f"{family.kind!r} networks")
+    if "optimizer" not in resume:
+        raise UserError(f"--resume {args.resume}: a best-by-validation file holds the model only (for eval.py "
+                        "and --init); resume from the run's latest state (its --out file, *_last.pth)")
+    if "train_state" not in resume:
+        raise UserError(f"--resume {args.resume}: written by an older version of this project (no train_state); "
+                        "start a new run")
+    return resume
+
+
+def epoch_summary(epoch: int, epochs: int, result: EpochResult, metrics: dict[str, float], score: float,
+                  improved: bool, seconds: float) -> str:
+    """The console line of an epoch, for people."""
+    losses = "  ".join(f"{t} {v:.4f}" for t, v in result.losses.items())
+    weights = "  ".join(f"{t} {v:.3f}" for t, v in result.weights.items())
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    return (f"epoch {epoch}/{epochs} ({seconds:.0f} s)\n  train loss  {losses}   (weights {weights})\n"
+            f"  val         {shown}\n  score {score:.4f}{'  (best so far)' if improved else ''}")
 
 
 def main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
@@ -380,44 +540,16 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
         # (about +8 % per step); flushing them to zero changes nothing measurable.
         torch.set_flush_denormal(True)
 
-    resume = load_checkpoint(args.resume) if args.resume else None
-    if resume is not None:
-        if resume.get("kind") != family.kind:
-            raise UserError(f"--resume {args.resume}: a {resume.get('kind')!r} checkpoint, this script trains "
-                            f"{family.kind!r} networks")
-        if "optimizer" not in resume:
-            raise UserError(f"--resume {args.resume}: a best-by-validation file holds the model only (for eval.py "
-                            "and --init); resume from the run's latest state (its --out file, *_last.pth)")
-        config = ModelConfig(**resume["model_config"])
+    resume = load_resume(args, family)
     train_set, val_set, train_tf, eval_tf = family.datasets(args)
-    if resume is None:
-        config = ModelConfig(kind=family.kind, fusion=args.fusion, grad_mode=args.grad_mode,
-                             tasks=family.tasks(train_set), input_size=args.crop_size, tau=args.tau,
-                             protect_tasks=args.protect_tasks)
-    model = model_from_config(config.to_dict())
-    if resume is None:
-        if args.init:
-            report = init_from_stage1(model, load_stage1(args.init, config), heads=args.init_heads)
-            if dist.is_main:
-                what = "trunks and heads" if args.init_heads else "trunks"
-                print(f"init from {args.init}: {len(report['loaded'])} tensors loaded ({what}); "
-                      f"{len(report['kept'])} kept as initialised")
-        elif args.pretrained and args.pretrained != "none":
-            try:
-                unused = model.load_backbone_weights(args.pretrained)
-            except ValueError as e:
-                raise UserError(f"--pretrained {args.pretrained}: {e}") from None
-            except OSError as e:  # urllib's URLError is an OSError: no network, proxy, full disk ...
-                if args.pretrained != "imagenet":
-                    raise
-                raise UserError(f"--pretrained imagenet: could not get torchvision's ResNet-50 weights ({e}); "
-                                "use --pretrained PATH (a saved state dict) or --pretrained none") from None
-            if dist.is_main:
-                print(f"backbones from {args.pretrained}; unused keys: {', '.join(unused) or 'none'}")
+    model = build_network(args, family, train_set, resume, dist)
     model.to(dist.device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, args, dist.device)
+    model.monitor_fusions()
+    weighting = make_weighting(model, args).to(dist.device)
+    shared = model.shared_parameters() if args.weighting == "gradnorm" else []
+    optimizer = build_optimizer(model, weighting, args, dist.device)
     train_ds = SeededDataset(train_set, train_tf, args.seed)
     val_ds = SeededDataset(val_set, eval_tf, args.seed)
     train_sampler = EpochSampler(len(train_ds), args.seed, True, dist.rank, dist.world_size)
@@ -441,19 +573,18 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
     scheduler = build_scheduler(optimizer, args.epochs * iters_per_epoch, args.schedule, args.warmup_iters,
                                 args.step_every)
     scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
-    state: dict[str, Any] = {"epoch": 0, "iteration": 0, "batch_in_epoch": 0, "best": -math.inf,
-                             "best_metrics": None}
+    state = TrainState()
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         if scaler is not None and resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
-        for k in ("epoch", "iteration", "batch_in_epoch", "best", "best_metrics"):
-            state[k] = resume[k]
+        weighting.load_state_dict(resume["weighting"])
+        state.load_state_dict(resume["train_state"])
         restore_rng(resume["rng"])
         if dist.is_main:
-            print(f"resumed {args.resume}: epoch {state['epoch']}, iteration {state['iteration']}")
+            print(f"resumed {args.resume}: epoch {state.epoch}, iteration {state.iteration}")
 
     net: nn.Module = model
     if dist.distributed:
@@ -467,7 +598,7 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
 
     def save(path: str | Path, model_only: bool = False) -> None:
         if dist.is_main:
-            full = checkpoint_state(model, optimizer, scheduler, scaler, state, args)
+            full = checkpoint_state(model, optimizer, scheduler, scaler, weighting, state, args)
             save_checkpoint(best_state(full) if model_only else full, path)
 
     def model_fn(x: Tensor) -> dict[str, Tensor]:
@@ -479,12 +610,17 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
             return {k: v.float() for k, v in model(x).items()}
 
     try:
-        while state["epoch"] < args.epochs:
-            epoch = state["epoch"]
-            train_sampler.set_epoch(epoch, skip_samples=state["batch_in_epoch"] * args.batch_size)
+        while state.epoch < args.epochs:
+            epoch = state.epoch
+            train_sampler.set_epoch(epoch, skip_samples=state.batch_in_epoch * args.batch_size)
             t0 = time.time()
-            train_loss = train_one_epoch(net, family, train_loader, optimizer, scheduler, scaler, args, dist,
-                                         logger, state, stop, lambda: save(args.out))
+            result = train_one_epoch(net, family, train_loader, optimizer, scheduler, scaler, weighting, shared, args,
+                                     dist, logger, state, stop)
+            if result.interrupted:
+                save(args.out)
+                return 128 + (stop.signum or signal.SIGTERM)
+            weighting.end_epoch(result.losses)  # DWA: the next epoch's weights, saved with the state below
+            fusion = model.fusion_stats()
             if args.precise_bn:
                 bn_sampler.set_epoch(epoch)
                 recompute_bn_stats(model, bn_loader, args.precise_bn, dist.device, args, dist)
@@ -493,32 +629,36 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
             metrics = family.evaluate(model_fn, val_loader, dist.device, args.limit_batches,
                                       panels if dist.is_main else None)
             score = validation_score(metrics)
-            state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
+            state.epoch, state.batch_in_epoch = epoch + 1, 0
             # A NaN score (e.g. no valid pixel in a tiny validation set) never blocks the first best.
-            improved = score > state["best"] or not math.isfinite(state["best"])
+            improved = score > state.best or not math.isfinite(state.best)
             if improved:
-                state["best"], state["best_metrics"] = score, metrics
-            logger.scalars(metrics, state["epoch"], head="val/")
-            logger.scalars({"score": score}, state["epoch"], head="val/")
+                state.best, state.best_metrics = score, metrics
+            train = {**{f"loss/{t}": v for t, v in result.losses.items()},
+                     **{f"weight/{t}": v for t, v in result.weights.items()}}
+            logger.scalars(train, state.epoch, head="train/")
+            logger.scalars(fusion, state.epoch, head="fusion/")
+            logger.scalars(metrics, state.epoch, head="val/")
+            logger.scalars({"score": score}, state.epoch, head="val/")
             for i, img in enumerate(panels):
-                logger.image(f"val/example_{i}", img, state["epoch"])
-            logger.epoch_line({"epoch": state["epoch"], "iteration": state["iteration"], "time_s": time.time() - t0,
-                               **{f"train/{k}": v for k, v in train_loss.items()},
+                logger.image(f"val/example_{i}", img, state.epoch)
+            logger.epoch_line({"epoch": state.epoch, "iteration": state.iteration, "time_s": time.time() - t0,
+                               **{f"train/{k}": v for k, v in train.items()},
+                               **{f"fusion/{k}": v for k, v in fusion.items()},
                                **{f"val/{k}": v for k, v in metrics.items()}, "val/score": score})
             logger.flush()
             save(args.out)
             if improved:
                 save(best_path(args.out), model_only=True)
             if dist.is_main:
-                shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-                print(f"epoch {state['epoch']}/{args.epochs}: loss {train_loss} | val {shown} | "
-                      f"score {score:.4f}{' (best)' if improved else ''}", flush=True)
+                print(epoch_summary(state.epoch, args.epochs, result, metrics, score, improved, time.time() - t0),
+                      flush=True)
             barrier()
     finally:
         stop.restore()
         logger.close()
     if dist.is_main:
-        print(f"done: {args.out} (latest), {best_path(args.out)} (best, score {state['best']:.4f})")
+        print(f"done: {args.out} (latest), {best_path(args.out)} (best, score {state.best:.4f})")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Training scripts, eval.py and the engine: smoke runs on tiny official-format data, exact
 resume, checkpoint safety, failure behaviour, metrics against hand-computed values, DDP.
 
-Networks are tiny in input size only (crop 32-64), so these runs stay short on 2 cores.
+Networks are tiny (crop 32-64; one bottleneck per stage, three in stage 4: --depths 1 1 1 3), so these runs
+stay short on 2 cores; the full ResNet-50 is built in tests/test_models.py and by the demo.
 """
 
 import json
@@ -31,6 +32,7 @@ PIXEL_KEYS = ["seg/miou", "seg/pixel_acc", "seg/mean_class_acc", "seg/fwiou", "d
               "depth/sq_rel", "depth/log10", "depth/rmse", "depth/rmse_log", "depth/delta1", "depth/delta2",
               "depth/delta3"]
 IMAGE_KEYS = ["gender/acc", "age/acc", "age/one_off"]
+TINY = ["1", "1", "1", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +51,16 @@ def adience(tmp_path_factory):
 def pixel_args(nyu, tmp, *extra):
     return train_pixel.get_args_parser().parse_args([
         "--data-root", str(nyu), "--crop-size", "64", "--batch-size", "2", "--epochs", "1", "--limit-batches", "2",
-        "--workers", "0", "--device", "cpu", "--pretrained", "none", "--out", str(tmp / "pixel_last.pth"),
+        "--workers", "0", "--device", "cpu", "--pretrained", "none", "--depths", *TINY,
+        "--out", str(tmp / "pixel_last.pth"),
         "--logdir", str(tmp / "run"), *extra])
 
 
 def image_args(adience, tmp, *extra):
     return train_image.get_args_parser().parse_args([
         "--data-root", str(adience), "--crop-size", "32", "--batch-size", "4", "--epochs", "1", "--limit-batches",
-        "2", "--workers", "0", "--device", "cpu", "--pretrained", "none", "--out", str(tmp / "image_last.pth"),
+        "2", "--workers", "0", "--device", "cpu", "--pretrained", "none", "--depths", *TINY,
+        "--out", str(tmp / "image_last.pth"),
         "--logdir", str(tmp / "run"), *extra])
 
 
@@ -160,15 +164,13 @@ def test_resume_is_bit_exact_also_mid_epoch(nyu, tmp_path, monkeypatch):
         return calls["n"] == 4  # epoch 2, after its first batch
 
     monkeypatch.setattr(trainer, "should_stop", stop_after_fourth_batch)
-    with pytest.raises(SystemExit) as e:
-        train_pixel.main(pixel_args(nyu, cut, *extra))
-    assert e.value.code == 128 + signal.SIGTERM
-    ck = load_checkpoint(cut / "pixel_last.pth")
-    assert (ck["epoch"], ck["batch_in_epoch"], ck["iteration"]) == (1, 1, 4)
+    assert train_pixel.main(pixel_args(nyu, cut, *extra)) == 128 + signal.SIGTERM
+    ts = load_checkpoint(cut / "pixel_last.pth")["train_state"]
+    assert (ts["epoch"], ts["batch_in_epoch"], ts["iteration"]) == (1, 1, 4)
     monkeypatch.undo()
     assert train_pixel.main(pixel_args(nyu, cut, *extra, "--resume", str(cut / "pixel_last.pth"))) == 0
     a, b = load_checkpoint(full / "pixel_last.pth"), load_checkpoint(cut / "pixel_last.pth")
-    assert a["iteration"] == b["iteration"] == 6
+    assert a["train_state"] == b["train_state"] and a["train_state"]["iteration"] == 6
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert torch.equal(a["optimizer"]["state"][0]["momentum_buffer"], b["optimizer"]["state"][0]["momentum_buffer"])
@@ -177,7 +179,8 @@ def test_resume_is_bit_exact_also_mid_epoch(nyu, tmp_path, monkeypatch):
 def test_sigterm_writes_a_resumable_checkpoint(adience, tmp_path):
     out = tmp_path / "image_last.pth"
     cmd = [sys.executable, "train_image.py", "--data-root", str(adience), "--crop-size", "32", "--batch-size", "2",
-           "--epochs", "50", "--workers", "0", "--device", "cpu", "--pretrained", "none", "--out", str(out),
+           "--epochs", "50", "--workers", "0", "--device", "cpu", "--pretrained", "none", "--depths", *TINY,
+           "--out", str(out),
            "--logdir", str(tmp_path / "run"), "--log-every", "1"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = ""
@@ -189,8 +192,8 @@ def test_sigterm_writes_a_resumable_checkpoint(adience, tmp_path):
     rest, _ = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, seen + rest
     assert "received SIGTERM" in rest
-    ck = load_checkpoint(out)
-    assert ck["iteration"] >= 1 and ck["epoch"] == 0 and ck["batch_in_epoch"] == ck["iteration"]
+    ts = load_checkpoint(out)["train_state"]
+    assert ts["iteration"] >= 1 and ts["epoch"] == 0 and ts["batch_in_epoch"] == ts["iteration"]
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(adience, tmp_path, monkeypatch, capsys):
@@ -214,7 +217,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(adience, tmp_p
     assert train_image.main(args) == 3
     assert "non-finite age loss at iteration 2" in capsys.readouterr().err
     ck = load_checkpoint(tmp_path / "image_last.pth")  # written after epoch 1, never overwritten
-    assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert ck["train_state"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
 def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_the_previous_file(adience, tmp_path, monkeypatch, capsys):
@@ -236,7 +240,7 @@ def test_a_failed_checkpoint_write_stops_cleanly_and_keeps_the_previous_file(adi
     assert len(errors) == 1 and "Traceback" not in err
     assert "image_last.pth: could not write it (" in errors[0] and errors[0].endswith("previous file is kept; stopped")
     monkeypatch.undo()
-    assert load_checkpoint(tmp_path / "image_last.pth")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "image_last.pth")["train_state"]["epoch"] == 1
     assert not list(tmp_path.glob(".image_last.pth.*"))  # no temporary file left behind
 
 
@@ -293,14 +297,16 @@ def test_checkpoints_with_code_are_refused_and_corrupt_ones_named(tmp_path):
 def test_curve_panels_group_metrics_by_direction():
     from engine.plots import curve_panels
 
-    pixel = ["epoch", "train/seg", "train/depth"] + [f"val/{k}" for k in PIXEL_KEYS] + ["val/score"]
-    (_, train, _), (_, higher, lin), (_, lower, log) = curve_panels(pixel)
-    assert train == ["train/seg", "train/depth"] and not lin and log
+    pixel = (["epoch", "train/loss/seg", "train/loss/depth", "train/weight/seg", "train/weight/depth"]
+             + [f"val/{k}" for k in PIXEL_KEYS] + ["val/score"])
+    (_, train, _), (_, weights, _), (_, higher, lin), (_, lower, log) = curve_panels(pixel)
+    assert train == ["train/loss/seg", "train/loss/depth"] and not lin and log
+    assert weights == ["train/weight/seg", "train/weight/depth"]
     assert higher == ["val/seg/miou", "val/seg/pixel_acc", "val/seg/mean_class_acc", "val/seg/fwiou",
                       "val/depth/delta1", "val/depth/delta2", "val/depth/delta3", "val/score"]
     assert lower == ["val/depth/abs_err", "val/depth/rel_err", "val/depth/sq_rel", "val/depth/log10",
                      "val/depth/rmse", "val/depth/rmse_log"]
-    image = ["epoch", "train/gender", "train/age"] + [f"val/{k}" for k in IMAGE_KEYS]
+    image = ["epoch", "train/loss/gender", "train/loss/age"] + [f"val/{k}" for k in IMAGE_KEYS]
     assert [title for title, _, _ in curve_panels(image)] == ["training loss", "validation (higher is better)"]
 
 
@@ -347,13 +353,14 @@ def test_torchrun_two_processes_on_cpu(adience, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "train_image.py", "--data-root", str(adience),
            "--crop-size", "32", "--batch-size", "2", "--epochs", "1", "--limit-batches", "2", "--workers", "0",
-           "--device", "cpu", "--pretrained", "none", "--fusion", "afa", "--out", str(tmp_path / "ddp_last.pth"),
+           "--device", "cpu", "--pretrained", "none", "--fusion", "afa", "--depths", *TINY,
+           "--out", str(tmp_path / "ddp_last.pth"),
            "--logdir", str(tmp_path / "run")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     ck = load_checkpoint(tmp_path / "ddp_last.pth")
-    assert ck["iteration"] == 2 and ck["args"]["fusion"] == "afa"
+    assert ck["train_state"]["iteration"] == 2 and ck["args"]["fusion"] == "afa"
     assert done.stdout.count("done:") == 1  # rank 0 alone reports and writes
 
 
@@ -361,7 +368,7 @@ def test_small_training_set_uses_smaller_batches(adience, tmp_path, capsys):
     args = image_args(adience, tmp_path, "--batch-size", "500", "--limit-batches", "1")
     assert train_image.main(args) == 0
     assert "fewer than --batch-size 500: using batches of" in capsys.readouterr().out
-    assert load_checkpoint(tmp_path / "image_last.pth")["iteration"] == 1
+    assert load_checkpoint(tmp_path / "image_last.pth")["train_state"]["iteration"] == 1
 
 
 def test_depth_losses_use_valid_pixels_only():
