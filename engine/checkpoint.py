@@ -95,5 +95,8 @@ def restore_rng(state: dict[str, Any]) -> None:
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
+    # CUDA generators get their saved states back (set, never re-seeded); on a machine with fewer
+    # devices than the one that saved them, the devices that exist do (set_rng_state_all would fail).
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
