@@ -3,8 +3,9 @@
 A checkpoint holds ``model`` (state dict), ``model_config`` (plain types that rebuild the
 network alone), ``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (epochs completed),
 ``iteration``, ``batch_in_epoch`` (batches of the current epoch already done: > 0 only for
-a checkpoint written on interruption), ``rng``, ``best`` and ``args``. The best-by-validation
-file (``trainer.best_state``) keeps the model, its config, scores and args only.
+a checkpoint written on interruption), ``rng``, ``best``, ``schedule_total`` (the learning-rate
+schedule's length in iterations, kept on resume unless ``--epochs`` extends the run) and ``args``.
+The best-by-validation file (``trainer.best_state``) keeps the model, its config, scores and args only.
 """
 
 from __future__ import annotations
