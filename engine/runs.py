@@ -98,7 +98,7 @@ def resume_run(args: argparse.Namespace, kind: str, explicit: set[str] | None) -
     run's own settings into ``args`` (in place). Returns the checkpoint, or None for a fresh run.
 
     ``explicit``: the dests given on the command line (None: every value counts as given).
-    Raises RunError naming the first flags that would change the run's meaning.
+    Raises RunError naming every typed flag that would change the run's meaning.
     """
     if not args.resume:
         if getattr(args, "data_root", "") is None:
