@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine import trainer
+from engine import runs, trainer
 from engine.tasks import image_evaluate, image_family
 
 # The original image recipe: lr 0.001, weight decay 5e-4, batch 32, 50 epochs, x0.1 steps
@@ -32,9 +32,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> int:
-    return trainer.main_loop(args, image_family(args))
+def main(args: argparse.Namespace, explicit: set[str] | None = None) -> int:
+    """``explicit``: the flags given on the command line; None (args from ``parse_args``): the
+    settings whose value differs from the default."""
+    if explicit is None:
+        explicit = runs.explicit_by_default(args, get_args_parser())
+    return trainer.main_loop(args, image_family(args), explicit)
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(main(*runs.parse_with_explicit(get_args_parser())))

@@ -3,8 +3,9 @@
 A checkpoint holds ``model`` (state dict), ``model_config`` (plain types that rebuild the
 network alone), ``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (epochs completed),
 ``iteration``, ``batch_in_epoch`` (batches of the current epoch already done: > 0 only for
-a checkpoint written on interruption), ``rng``, ``best`` and ``args``. The best-by-validation
-file (``trainer.best_state``) keeps the model, its config, scores and args only.
+a checkpoint written on interruption), ``rng``, ``best``, ``schedule_total`` (the learning-rate
+schedule's length in iterations, kept on resume unless ``--epochs`` extends the run) and ``args``.
+The best-by-validation file (``trainer.best_state``) keeps the model, its config, scores and args only.
 """
 
 from __future__ import annotations
@@ -95,5 +96,8 @@ def restore_rng(state: dict[str, Any]) -> None:
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
+    # CUDA generators get their saved states back (set, never re-seeded); on a machine with fewer
+    # devices than the one that saved them, the devices that exist do (set_rng_state_all would fail).
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)

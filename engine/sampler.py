@@ -16,8 +16,30 @@ import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    return (seed * 1_000_003 + epoch * 10_007 + index) % (2 ** 31)
+def _mix32(x: int) -> int:
+    """MurmurHash3's 32-bit finaliser: a bijection of [0, 2**32) that spreads nearby inputs apart."""
+    x ^= x >> 16
+    x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+    x ^= x >> 13
+    x = (x * 0xC2B2AE35) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def sample_seed(seed: int, epoch: int, index: int, size: int) -> int:
+    """The seed of sample ``index`` (of ``size``) in ``epoch``: a 64-bit integer, distinct for every
+    (seed mod 2**32, epoch, index) with ``epoch * size + index < 2**32`` (e.g. 250,000 epochs of
+    Adience's ~17,000 samples).
+
+    High 32 bits: the run's seed. Low 32 bits: a seed-keyed bijection of the sample's position
+    ``epoch * size + index``. torch's CPU generator keeps only the low 32 bits of a seed, so those
+    alone are distinct within a run, and differ between runs with other seeds. (The earlier
+    ``seed * 1_000_003 + epoch * 10_007 + index`` repeated as soon as a dataset had more than
+    10,007 samples: sample 10,007 of epoch 0 was sample 0 of epoch 1.)
+    """
+    seed32 = seed % 2 ** 32
+    position = (epoch * size + index) % 2 ** 32
+    low = _mix32((position + _mix32(seed32 ^ 0x9E3779B9)) % 2 ** 32)
+    return (seed32 << 32) | low
 
 
 class SeededDataset(Dataset):
@@ -34,10 +56,13 @@ class SeededDataset(Dataset):
         in_main = get_worker_info() is None
         if in_main:  # loading in the training process must not disturb its RNG (dropout)
             saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
-        s = sample_seed(self.seed, epoch, index)
+        s = sample_seed(self.seed, epoch, index, len(self))
         random.seed(s)
-        np.random.seed(s)
-        torch.manual_seed(s)
+        np.random.seed([s & 0xFFFFFFFF, s >> 32])  # NumPy's legacy seeding takes 32-bit words
+        # The CPU generator only: torch.manual_seed would also re-seed every CUDA generator, so
+        # loading in the training process (--workers 0) would reset the stream that CUDA dropout
+        # draws from, and make it depend on the last sample loaded.
+        torch.default_generator.manual_seed(s)
         sample = self.dataset[index]
         sample = self.transform(sample) if self.transform is not None else sample
         if in_main:

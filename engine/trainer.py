@@ -43,6 +43,7 @@ from .checkpoint import (
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .logger import RunLogger
 from .metrics import validation_score
+from .runs import RunError, check_run_folders, resume_run, schedule_length, start_run_folder
 from .sampler import EpochSampler, SeededDataset
 from .schedule import SCHEDULES, build_scheduler
 from .weighting import DEFAULT_DWA_TEMP, DEFAULT_GRADNORM_ALPHA, WEIGHTINGS, LossWeighting, build_weighting
@@ -81,7 +82,8 @@ def common_args(parser: argparse.ArgumentParser, kind: str, defaults: dict[str, 
     """Flags shared by both training scripts (the stable ones keep their names); ``defaults``
     holds the family's recipe (crop_size, epochs, batch_size, lr, weight_decay, schedule ...)."""
     p = parser
-    p.add_argument("--data-root", required=True, help="dataset folder (see README: prepared NYUv2 / Adience)")
+    p.add_argument("--data-root", help="dataset folder (see README: prepared NYUv2 / Adience); required, except "
+                                       "with --resume, which takes the run's")
     p.add_argument("--fusion", choices=FUSIONS, default="none",
                    help="none = stage 1 (single-task pair); shared (hard sharing, from ImageNet); cross_stitch, "
                         "nddr, afa = stage 2 (README: the methods)")
@@ -132,7 +134,10 @@ def common_args(parser: argparse.ArgumentParser, kind: str, defaults: dict[str, 
     p.add_argument("--out", default=None, help=f"checkpoint path (default weight/{kind}_<single|afa>_last.pth); "
                                                "the best-by-validation model is saved beside it as *_best.pth")
     p.add_argument("--logdir", default=None, help="TensorBoard + log.jsonl folder (default runs/<name>)")
-    p.add_argument("--resume", default=None, help="checkpoint to continue from (exactly)")
+    p.add_argument("--resume", default=None,
+                   help="checkpoint to continue from, exactly and with the run's own settings (README: resume)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="a fresh run may replace the run already in --out / --logdir (its files are removed)")
     p.add_argument("--log-every", type=int, default=10, help="iterations between loss/lr scalars")
     p.add_argument("--precise-bn", type=int, default=0, metavar="N",
                    help="before each validation, re-estimate BatchNorm statistics over N training batches "
@@ -228,6 +233,7 @@ class TrainState:
     best_metrics: dict[str, float] | None = None
     epoch_loss_sum: list[float] = field(default_factory=list)
     epoch_weight_sum: list[float] = field(default_factory=list)
+    schedule_total: int = 0  # iterations of the lr schedule (an extended run's is longer than epochs x steps)
 
     def state_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -481,23 +487,6 @@ def build_network(args: argparse.Namespace, family: TaskFamily, train_set: Any, 
     return model
 
 
-def load_resume(args: argparse.Namespace, family: TaskFamily) -> dict[str, Any] | None:
-    """The checkpoint to resume from, checked to be a resumable one of this family."""
-    if not args.resume:
-        return None
-    resume = load_checkpoint(args.resume)
-    if resume.get("kind") != family.kind:
-        raise UserError(f"--resume {args.resume}: a {resume.get('kind')!r} checkpoint, this script trains "
-                        f"{family.kind!r} networks")
-    if "optimizer" not in resume:
-        raise UserError(f"--resume {args.resume}: a best-by-validation file holds the model only (for eval.py "
-                        "and --init); resume from the run's latest state (its --out file, *_last.pth)")
-    if "train_state" not in resume:
-        raise UserError(f"--resume {args.resume}: written by an older version of this project (no train_state); "
-                        "start a new run")
-    return resume
-
-
 def epoch_summary(epoch: int, epochs: int, result: EpochResult, metrics: dict[str, float], score: float,
                   improved: bool, seconds: float) -> str:
     """The console line of an epoch, for people."""
@@ -508,14 +497,17 @@ def epoch_summary(epoch: int, epochs: int, result: EpochResult, metrics: dict[st
             f"  val         {shown}\n  score {score:.4f}{'  (best so far)' if improved else ''}")
 
 
-def main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
-    """Set everything up from ``args`` and train. Returns the process exit code."""
+def main_loop(args: argparse.Namespace, family: TaskFamily, explicit: set[str] | None = None) -> int:
+    """Set everything up from ``args`` and train. Returns the process exit code.
+
+    ``explicit``: the dests given on the command line (``runs.parse_with_explicit``); with
+    ``--resume`` they are checked against the run's stored settings (engine/runs.py)."""
     try:
-        return _main_loop(args, family)
+        return _main_loop(args, family, explicit)
     except CheckpointWriteError as e:
         print(f"error: {e}; stopped", file=sys.stderr)
         return 4
-    except (UserError, DataError, CheckpointError, FileNotFoundError) as e:
+    except (UserError, RunError, DataError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLoss as e:
@@ -525,7 +517,8 @@ def main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
         cleanup()
 
 
-def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
+def _main_loop(args: argparse.Namespace, family: TaskFamily, explicit: set[str] | None) -> int:
+    resume = resume_run(args, family.kind, explicit)  # --resume: the run's own settings, checked
     if args.amp == "fp16" and args.device == "cpu":
         raise UserError("--amp fp16 needs CUDA (use --amp bf16 on CPU)")
     dist = init_distributed(args.device)
@@ -534,13 +527,16 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
     name = run_name(args, family.kind)
     args.out = args.out or str(Path("weight") / f"{name}_last.pth")
     args.logdir = args.logdir or str(Path("runs") / name)
+    replaced = check_run_folders(args, best_path(args.out), resume)  # never write over another run
     seed_everything(args.seed)
     if dist.device.type == "cpu":
         # The AFA softmax weights saturate and leave subnormal floats, which x86 handles slowly
         # (about +8 % per step); flushing them to zero changes nothing measurable.
         torch.set_flush_denormal(True)
 
-    resume = load_resume(args, family)
+    if resume is not None and "train_state" not in resume:
+        raise UserError(f"--resume {args.resume}: written by an older version of this project (no train_state); "
+                        "start a new run")
     train_set, val_set, train_tf, eval_tf = family.datasets(args)
     model = build_network(args, family, train_set, resume, dist)
     model.to(dist.device)
@@ -570,10 +566,10 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
     bn_sampler = EpochSampler(len(train_ds), args.seed + 1, True, dist.rank, dist.world_size)
     bn_loader = make_loader(train_ds, args.batch_size, 0, bn_sampler, dist.device, drop_last=True)
     iters_per_epoch = len(train_loader) if args.limit_batches is None else min(len(train_loader), args.limit_batches)
-    scheduler = build_scheduler(optimizer, args.epochs * iters_per_epoch, args.schedule, args.warmup_iters,
-                                args.step_every)
+    schedule_total = schedule_length(args, iters_per_epoch, resume)  # stored; --epochs extends it on resume
+    scheduler = build_scheduler(optimizer, schedule_total, args.schedule, args.warmup_iters, args.step_every)
     scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
-    state = TrainState()
+    state = TrainState(schedule_total=schedule_total)
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -582,6 +578,7 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
             scaler.load_state_dict(resume["scaler"])
         weighting.load_state_dict(resume["weighting"])
         state.load_state_dict(resume["train_state"])
+        state.schedule_total = schedule_total  # --epochs may have extended the run (engine/runs.py)
         restore_rng(resume["rng"])
         if dist.is_main:
             print(f"resumed {args.resume}: epoch {state.epoch}, iteration {state.iteration}")
@@ -592,6 +589,7 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = nn.parallel.DistributedDataParallel(net, device_ids=[dist.local_rank] if dist.device.type == "cuda"
                                                   else None)
+    start_run_folder(args, replaced, dist.is_main)  # --overwrite removes the old run's files; args.json
     logger = RunLogger(args.logdir, dist.is_main)
     stop = StopFlag()
     stop.install()

@@ -96,7 +96,8 @@ def main() -> int:
         ("train_image.py", adience, IMAGE, args.image_epochs, "image"),
     ]
     for script, root, opts, epochs, kind in plan:
-        common = [script, "--data-root", str(root), *opts, "--pretrained", "none"]
+        # --overwrite: the demo owns its folder, so running it again replaces its earlier runs.
+        common = [script, "--data-root", str(root), *opts, "--pretrained", "none", "--overwrite"]
         run([*common, "--fusion", "none", "--epochs", str(epochs), "--out", str(w / f"{kind}_single_last.pth"),
              "--logdir", str(runs / f"{kind}_single")])
         # Stage 2 fine-tunes the whole stage-1 network (--init-heads): with minutes of CPU the heads
