@@ -36,6 +36,7 @@ import json
 import math
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -186,8 +187,23 @@ def parse_ints(text: str, what: str) -> list[int]:
 
 
 def execute(cmd: list[str]) -> int:
-    """Run one command, inheriting stdout / stderr; returns its exit code (128 + N if killed by signal N)."""
-    code = subprocess.run(cmd).returncode
+    """Run one command, inheriting stdout / stderr; returns its exit code (128 + N if killed by signal N).
+
+    The child runs in its own session and SIGINT / SIGTERM reach it exactly once, forwarded from
+    here: the training scripts save a resumable checkpoint on the first signal and stop at once on
+    a second, so a Ctrl-C must not arrive twice (terminal group + forwarding), and the child must
+    not be killed while it saves (which subprocess.run does on KeyboardInterrupt)."""
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def forward(signum: int, frame) -> None:
+        proc.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = proc.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
     return 128 - code if code < 0 else code
 
 
@@ -249,9 +265,14 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         run.dir.mkdir(parents=True, exist_ok=True)
         for what, cmd in (("training", train), ("evaluation", evaluate)):
             code = execute(cmd)
+            script = Path(cmd[cmd.index("--data-root") - 1]).name
+            if code in (130, 143):  # SIGINT / SIGTERM: the training script saved a resumable checkpoint
+                print(f"stopped: run {run.name}: {what} ({script}) interrupted (exit code {code}); "
+                      "the same command resumes it", file=sys.stderr, flush=True)
+                return code
             if code != 0:
-                print(f"error: run {run.name}: {what} ({Path(cmd[cmd.index('--data-root') - 1]).name}) failed with "
-                      f"exit code {code}; finished runs are kept", file=sys.stderr, flush=True)
+                print(f"error: run {run.name}: {what} ({script}) failed with exit code {code}; "
+                      "finished runs are kept", file=sys.stderr, flush=True)
                 return code
             if what == "training":
                 write_args_fallback(run, cmd)

@@ -256,3 +256,37 @@ def test_per_class_iou_comes_from_the_confusion_matrix_behind_miou():
     assert meter.compute()["seg/miou"] == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
     args = eval_script.get_args_parser().parse_args(["--checkpoint", "c", "--data-root", "d", "--per-class", "f"])
     assert args.per_class == "f"
+
+
+def test_a_signal_reaches_the_running_command_once(tmp_path):
+    """Ctrl-C / SIGTERM to reproduce.py is forwarded once to the training process, which then saves
+    and exits on its own (here: a stand-in that counts the signals it gets)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    ready, count = tmp_path / "ready", tmp_path / "count"
+    child = ("import signal, sys, time, pathlib\n"
+             "n = []\n"
+             "def h(s, f):\n"
+             "    n.append(s)\n"
+             f"signal.signal(signal.SIGINT, h)\npathlib.Path({str(ready)!r}).touch()\n"
+             "t = time.time()\n"
+             "while not n and time.time() - t < 20:\n"
+             "    time.sleep(0.05)\n"
+             "time.sleep(0.5)\n"
+             f"pathlib.Path({str(count)!r}).write_text(str(len(n)))\n"
+             "sys.exit(130)\n")
+
+    def interrupt():
+        for _ in range(400):
+            if ready.exists():
+                break
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    assert reproduce.execute([sys.executable, "-c", child]) == 130
+    assert count.read_text() == "1"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
