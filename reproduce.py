@@ -251,6 +251,9 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
           f"folds {'-' if folds == [None] else ','.join(map(str, folds))}; seeds {','.join(map(str, seeds))}) "
           f"under {out / family.name}: {counts['finished']} finished, {counts['interrupted']} interrupted "
           f"(resumed), {counts['fresh']} to train", file=log, flush=True)
+    for status in ("finished", "interrupted"):
+        if counts[status]:
+            print(f"  {status}: {', '.join(r.name for r in runs if r.status == status)}", file=log, flush=True)
     for i, run in enumerate(runs, 1):
         head = f"[{i}/{len(runs)}] {run.name}"
         if run.status == "finished":
@@ -294,7 +297,7 @@ def collect(root: Path) -> tuple[str, list[dict]]:
     """Every finished run under ``root`` (an --out folder or one family's folder in it):
     (family name, [{'method', 'fold', 'seed', 'metrics', 'per_class'}])."""
     found: dict[str, list[dict]] = {}
-    for path in sorted(root.glob("**/eval.json")):
+    for path in sorted(root.resolve().glob("**/eval.json")):
         m = RUN_DIR.match(path.parent.name)
         if not m or len(path.parts) < 4:
             continue
