@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from data import AGE_GROUPS, Adience, DataError, ImageEvalTransform, NYUv2, PixelEvalTransform
 from engine.checkpoint import CheckpointError, load_checkpoint
 from engine.distributed import resolve_device
-from engine.metrics import ImageMeter, multitask_delta
+from engine.metrics import ImageMeter, PixelMeter, multitask_delta
 from engine.plots import plot_confusion, plot_curves, plot_grid
 from engine.tasks import pixel_evaluate, predict_image
 from engine.trainer import autocast
@@ -50,6 +50,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--image-dir", default=None, help="Adience image folder (default: the checkpoint's)")
     p.add_argument("--baseline", default=None, metavar="SINGLE.json",
                    help="single-task result JSON: adds the multi-task performance delta (README)")
+    p.add_argument("--per-class", default=None, metavar="FILE",
+                   help="pixel: write the IoU of every class as JSON {class name: IoU} (same confusion matrix as "
+                        "seg/miou; null for classes absent from both truth and prediction)")
     p.add_argument("--plot", default=None, metavar="DIR",
                    help="write PNG plots: training curves, qualitative grid (pixel), age confusion (image)")
     return p
@@ -70,8 +73,15 @@ def evaluate_pixel(model_fn, ck: dict, args: argparse.Namespace, device: torch.d
         np.savez(out_dir / f"{index}.npz", seg=seg, depth=depth)
 
     panels: list[np.ndarray] = []
+    meter = PixelMeter(dataset.num_classes, device)
     metrics = pixel_evaluate(model_fn, loader, device, args.limit_batches, dataset.num_classes, size,
-                             panels if args.plot else None, max_panels=4, on_sample=save if out_dir else None)
+                             panels if args.plot else None, max_panels=4, on_sample=save if out_dir else None,
+                             meter=meter)
+    if args.per_class:
+        iou = {name: (None if math.isnan(v) else v) for name, v in zip(dataset.class_names, meter.class_iou())}
+        Path(args.per_class).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.per_class).write_text(json.dumps(iou, indent=2))
+        print(f"wrote {args.per_class}")
     if panels:
         print(f"wrote {plot_grid(panels, Path(args.plot) / 'qualitative.png')}")
     return metrics

@@ -65,6 +65,14 @@ class PixelMeter:
         all_reduce_sum(self.confusion)
         all_reduce_sum(self.depth)
 
+    def class_iou(self) -> list[float]:
+        """IoU of every class from the confusion matrix (NaN where the union is empty); seg/miou
+        is the mean of the finite entries."""
+        cm = self.confusion.double().cpu()
+        tp = cm.diag()
+        union = cm.sum(1) + cm.sum(0) - tp
+        return torch.where(union > 0, tp / union.clamp_min(1), math.nan).tolist()
+
     def compute(self) -> dict[str, float]:
         cm = self.confusion.double().cpu()
         tp, gt_count, pred_count = cm.diag(), cm.sum(1), cm.sum(0)

@@ -61,11 +61,13 @@ def predict_pixel(model_fn: ModelFn, loader: Iterable, crop_size: int, device: t
 def pixel_evaluate(model_fn: ModelFn, loader: Iterable, device: torch.device, limit: int | None,
                    num_classes: int, crop_size: int, panels: list[np.ndarray] | None = None,
                    max_panels: int = 2,
-                   on_sample: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> dict[str, float]:
+                   on_sample: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+                   meter: PixelMeter | None = None) -> dict[str, float]:
     """Pooled metrics; if ``panels`` is a list, the first samples' pictures (input | seg truth |
     seg prediction | depth truth | depth prediction, half size) are appended to it on the way;
-    ``on_sample(index, seg, depth)`` receives each sample's predictions exactly as the metrics saw them."""
-    meter = PixelMeter(num_classes, device)
+    ``on_sample(index, seg, depth)`` receives each sample's predictions exactly as the metrics saw them;
+    ``meter``: an empty PixelMeter to accumulate into (the caller reads more from it, e.g. per-class IoU)."""
+    meter = meter if meter is not None else PixelMeter(num_classes, device)
     for batch, seg, depth in predict_pixel(model_fn, loader, crop_size, device, limit):
         meter.update(seg, batch["seg"].to(device), depth, batch["depth"][:, 0].to(device))
         if on_sample is None and (panels is None or len(panels) >= max_panels):
