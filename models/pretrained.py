@@ -89,6 +89,9 @@ def save_pretrained(model: MultiTaskNet, out: str | os.PathLike, extra: Mapping[
     # safetensors refuses views and shared storage: store each tensor as its own contiguous copy
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": FORMAT})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out / WEIGHTS_NAME, 0o666 & ~umask)  # safetensors writes 0600; a file to publish is readable like any
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": model.config.to_dict(),
               **(extra or {})}
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
