@@ -119,7 +119,7 @@ def depth_png(depth: np.ndarray) -> tuple[Image.Image, PngInfo]:
     info = PngInfo()
     info.add_text("depth_min_m", "0")
     info.add_text("depth_max_m", f"{vmax:.6g}")
-    info.add_text("colormap", "viridis, 0 m = dark blue, depth_max_m = yellow; depth <= 0 black")
+    info.add_text("colormap", "viridis, 0 m = dark purple, depth_max_m = yellow; depth <= 0 black")
     return Image.fromarray(np.rint(color_depth(depth, vmax) * 255).astype(np.uint8)), info
 
 
@@ -128,7 +128,6 @@ def predict_pixels(model_fn: ModelFn, info: dict[str, Any], reader: Reader, args
     out, size = Path(args.out), info["model_config"]["input_size"]
     names = UniqueNames()
     transform = PixelEvalTransform(size)
-    (out / "labels.json").write_text(json.dumps({"seg": info["labels"].get("seg"), "depth": "metres"}, indent=2))
     if info["model_config"]["tasks"]["seg"] > 256:
         print("warning: more than 256 classes: <name>_seg.png holds ids modulo 256 (the .npz holds them all)",
               file=sys.stderr)
@@ -146,6 +145,8 @@ def predict_pixels(model_fn: ModelFn, info: dict[str, Any], reader: Reader, args
             photo = image.permute(1, 2, 0).numpy().astype(np.float32) / 255
             blend = (1 - OVERLAY_ALPHA) * photo + OVERLAY_ALPHA * color_seg(seg_np)
             Image.fromarray(np.rint(blend * 255).astype(np.uint8)).save(out / f"{name}_overlay.png")
+    if reader.read:
+        (out / "labels.json").write_text(json.dumps({"seg": info["labels"].get("seg"), "depth": "metres"}, indent=2))
 
 
 def predict_images(model_fn: ModelFn, info: dict[str, Any], reader: Reader, args: argparse.Namespace,
