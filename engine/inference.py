@@ -74,8 +74,9 @@ def is_pretrained_dir(path: str | os.PathLike) -> bool:
 
 
 def load_model(path: str | os.PathLike) -> tuple[MultiTaskNet, dict[str, Any]]:
-    """The network (eval mode, CPU) and its info {'model_config', 'preprocessing', 'labels'} from a
-    training checkpoint (.pth, read without running pickled code) or a released-weights folder / URL.
+    """The network (eval mode, CPU) and its info {'model_config', 'preprocessing', 'labels'} (checkpoints
+    also 'epoch', 'best_metrics') from a training checkpoint (.pth, read without running pickled code) or a
+    released-weights folder / URL.
 
     Raises CheckpointError or models.pretrained.PretrainedError naming the file.
     """
@@ -98,7 +99,8 @@ def load_model(path: str | os.PathLike) -> tuple[MultiTaskNet, dict[str, Any]]:
         detail = " ".join(str(e).split())
         raise CheckpointError(f"checkpoint {path}: weights do not fit its model_config ({detail})") from None
     cfg = model.config.to_dict()
-    return model.eval(), {"model_config": cfg, "preprocessing": preprocessing(cfg), "labels": task_labels(cfg)}
+    return model.eval(), {"model_config": cfg, "preprocessing": preprocessing(cfg), "labels": task_labels(cfg),
+                          "epoch": ck.get("epoch"), "best_metrics": ck.get("best_metrics")}
 
 
 def find_inputs(inputs: list[str]) -> list[Path]:

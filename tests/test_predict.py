@@ -249,3 +249,5 @@ def test_user_errors_are_one_line_exit_2(pixel_ckpt, tmp_path, capsys):
         assert err.startswith("error:") and message in err and len(err.splitlines()) == 1, err
     assert run("--checkpoint", str(pixel_ckpt), "--out", str(tmp_path / "o"), str(tmp_path / "empty")) == 2
     assert "no image files" in capsys.readouterr().err
+    assert export_main([str(tmp_path / "empty"), str(tmp_path / "x")]) == 2
+    assert "expected a checkpoint file" in capsys.readouterr().err

@@ -23,7 +23,7 @@ if str(REPO) not in sys.path:  # also runnable as python tools/export.py
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from engine.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from engine.checkpoint import CheckpointError  # noqa: E402
 from engine.inference import load_model  # noqa: E402
 from models.pretrained import WEIGHTS_NAME, PretrainedError, read_config, save_pretrained  # noqa: E402
 
@@ -37,11 +37,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def export(checkpoint: str | Path, out: str | Path) -> Path:
     """Write the released-weights folder of ``checkpoint`` and verify it; returns the folder."""
+    if Path(checkpoint).is_dir():
+        raise CheckpointError(f"{checkpoint}: a folder; expected a checkpoint file of train_pixel.py / train_image.py")
     model, info = load_model(checkpoint)  # strict: the weights must fit the stored model config
-    ck = load_checkpoint(checkpoint)
     metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v)  # JSON has no NaN
-               for k, v in (ck.get("best_metrics") or {}).items()}
-    source = {"checkpoint": Path(checkpoint).name, "epoch": ck.get("epoch"), "metrics": metrics or None}
+               for k, v in (info.get("best_metrics") or {}).items()}
+    source = {"checkpoint": Path(checkpoint).name, "epoch": info.get("epoch"), "metrics": metrics or None}
     folder = save_pretrained(model, out, {"preprocessing": info["preprocessing"], "labels": info["labels"],
                                           "units": {"depth": "metres"} if "depth" in model.tasks else {},
                                           "source": source})
