@@ -69,7 +69,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 f"containers (possibly code), which are not loaded ({first})"
             ) from None
         raise CheckpointError(f"checkpoint {path}: corrupt or not a torch checkpoint ({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as e:  # garbage bytes
         detail = f"{type(e).__name__}: {e}"
         raise CheckpointError(f"checkpoint {path}: corrupt or not a torch checkpoint ({detail})") from None
     if not isinstance(state, dict) or "model" not in state:

@@ -51,10 +51,17 @@ def pixel_datasets(args: argparse.Namespace):
 def predict_pixel(model_fn: ModelFn, loader: Iterable, crop_size: int, device: torch.device,
                   limit: int | None = None) -> Iterator[tuple[dict[str, Any], Tensor, Tensor]]:
     """Full-resolution predictions (sliding windows, see data.transforms):
-    yields (batch, seg (B, H, W) class ids, depth (B, H, W) metres)."""
+    yields (batch, seg (B, H, W) class ids, depth (B, H, W) metres).
+
+    The windows go through the network one image at a time: CPU convolutions (oneDNN) pick their
+    kernels by batch size, so a frame's numbers would otherwise depend in the last bits on the frames
+    it was batched with; this way eval.py (any --batch-size) and predict.py on the same picture agree
+    exactly.
+    """
     for batch in evaluation_batches(loader, limit):
         image = batch["image"].to(device, non_blocking=True)
-        out = sliding_window_predict(model_fn, image, crop_size)
+        parts = [sliding_window_predict(model_fn, image[i : i + 1], crop_size) for i in range(image.shape[0])]
+        out = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
         yield batch, out["seg"].argmax(1), out["depth"][:, 0]
 
 
