@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from torch import Tensor
 
 from .multitask import DEFAULTS, KINDS
+from .series import convert_series_keys
 
 # Template fields: {T} branch (A/B vs task name), {i} index, {m} bottleneck module, {p} the rest.
 _TRUNK = [
@@ -98,10 +99,14 @@ def convert_reference_state_dict(state_dict: Mapping[str, Tensor], kind: str,
     the fusion the original was saved with. ``tasks`` names task 1 and task 2 (defaults:
     gender, age / seg, depth). Keys that fit no rule raise a ValueError listing them.
     """
+    if kind == "series":  # the third argument is the fusion: 'pau' or 'siamese' (models/series.py)
+        return convert_series_keys(state_dict, tasks, to_ours=True)  # type: ignore[arg-type]
     return _convert(state_dict, kind, tasks, to_ours=True)
 
 
 def to_reference_state_dict(state_dict: Mapping[str, Tensor], kind: str,
                             tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
     """The inverse of :func:`convert_reference_state_dict`: our names to the original's."""
+    if kind == "series":  # the third argument is the fusion: 'pau' or 'siamese' (models/series.py)
+        return convert_series_keys(state_dict, tasks, to_ours=False)  # type: ignore[arg-type]
     return _convert(state_dict, kind, tasks, to_ours=False)
