@@ -66,6 +66,8 @@ class TaskFamily:
     losses(out, batch) -> {task: scalar loss}.
     evaluate(model_fn, loader, device, limit, panels) -> pooled metrics (reduced over ranks); when
         ``panels`` is a list, example pictures (H, W, 3) of the first samples are appended to it.
+    inputs(batch) -> the model's positional inputs (default: the image alone).
+    config(args, train) -> the model_config dict of a new run (default: a ModelConfig from the flags).
     """
 
     kind: str
@@ -73,6 +75,8 @@ class TaskFamily:
     tasks: Callable[[Any], dict[str, int]]
     losses: Callable[[dict[str, Tensor], dict[str, Any]], dict[str, Tensor]]
     evaluate: Callable[..., dict[str, float]]
+    inputs: Callable[[dict[str, Any]], tuple[Tensor, ...]] = lambda batch: (batch["image"],)
+    config: Callable[[argparse.Namespace, Any], dict[str, Any]] | None = None
 
 
 def common_args(parser: argparse.ArgumentParser, kind: str, defaults: dict[str, Any]) -> argparse.ArgumentParser:
@@ -190,7 +194,7 @@ def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool =
     for k, v in batch.items():
         if isinstance(v, Tensor):
             v = v.to(device, non_blocking=True)
-            if k == "image" and channels_last and v.ndim == 4:
+            if channels_last and v.ndim == 4:  # the images (and any other 4-D input)
                 v = v.contiguous(memory_format=torch.channels_last)
         out[k] = v
     return out
@@ -218,7 +222,7 @@ def train_one_epoch(model: nn.Module, family: TaskFamily, loader: DataLoader, op
             break
         batch = to_device(batch, device, args.channels_last)
         with autocast(device, args.amp):
-            out = model(batch["image"])
+            out = model(*family.inputs(batch))
         losses = family.losses(out, batch)
         vec = torch.stack([losses[t] for t in tasks])
         loss = vec.sum()
@@ -286,7 +290,8 @@ def should_stop(stop: StopFlag, dist: DistInfo, at_log: bool) -> bool:
 
 @torch.no_grad()
 def recompute_bn_stats(model: nn.Module, loader: DataLoader, n_batches: int, device: torch.device,
-                       args: argparse.Namespace, dist: DistInfo) -> None:
+                       args: argparse.Namespace, dist: DistInfo,
+                       inputs: Callable[[dict[str, Any]], tuple[Tensor, ...]] = lambda b: (b["image"],)) -> None:
     """Precise BN: replace the running statistics (an average over the last, still moving, weights)
     by plain averages over ``n_batches`` training batches with the current weights."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -298,7 +303,7 @@ def recompute_bn_stats(model: nn.Module, loader: DataLoader, n_batches: int, dev
     for batch in evaluation_batches(loader, n_batches):
         batch = to_device(batch, device, args.channels_last)
         with autocast(device, args.amp):
-            model(batch["image"])
+            model(*inputs(batch))
     for bn, m in zip(bns, momenta):
         bn.momentum = m
         if dist.distributed:  # every rank evaluates with the same statistics
@@ -388,16 +393,16 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
         if "optimizer" not in resume:
             raise UserError(f"--resume {args.resume}: a best-by-validation file holds the model only (for eval.py "
                             "and --init); resume from the run's latest state (its --out file, *_last.pth)")
-        config = ModelConfig(**resume["model_config"])
+        config = resume["model_config"]
     train_set, val_set, train_tf, eval_tf = family.datasets(args)
     if resume is None:
-        config = ModelConfig(kind=family.kind, fusion=args.fusion, grad_mode=args.grad_mode,
-                             tasks=family.tasks(train_set), input_size=args.crop_size, tau=args.tau,
-                             protect_tasks=args.protect_tasks)
-    model = model_from_config(config.to_dict())
+        config = family.config(args, train_set) if family.config else ModelConfig(
+            kind=family.kind, fusion=args.fusion, grad_mode=args.grad_mode, tasks=family.tasks(train_set),
+            input_size=args.crop_size, tau=args.tau, protect_tasks=args.protect_tasks).to_dict()
+    model = model_from_config(config)
     if resume is None:
         if args.init:
-            report = init_from_stage1(model, load_stage1(args.init, config), heads=args.init_heads)
+            report = init_from_stage1(model, load_stage1(args.init, model.config), heads=args.init_heads)
             if dist.is_main:
                 what = "trunks and heads" if args.init_heads else "trunks"
                 print(f"init from {args.init}: {len(report['loaded'])} tensors loaded ({what}); "
@@ -438,8 +443,9 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
     bn_sampler = EpochSampler(len(train_ds), args.seed + 1, True, dist.rank, dist.world_size)
     bn_loader = make_loader(train_ds, args.batch_size, 0, bn_sampler, dist.device, drop_last=True)
     iters_per_epoch = len(train_loader) if args.limit_batches is None else min(len(train_loader), args.limit_batches)
+    step_every = args.step_every or getattr(args, "step_epochs", 0) * iters_per_epoch  # series: in epochs
     scheduler = build_scheduler(optimizer, args.epochs * iters_per_epoch, args.schedule, args.warmup_iters,
-                                args.step_every)
+                                step_every, getattr(args, "step_gamma", 0.1))
     scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
     state: dict[str, Any] = {"epoch": 0, "iteration": 0, "batch_in_epoch": 0, "best": -math.inf,
                              "best_metrics": None}
@@ -470,13 +476,13 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
             full = checkpoint_state(model, optimizer, scheduler, scaler, state, args)
             save_checkpoint(best_state(full) if model_only else full, path)
 
-    def model_fn(x: Tensor) -> dict[str, Tensor]:
+    def model_fn(*xs: Tensor) -> dict[str, Tensor]:
         # The unwrapped model: ranks evaluate unequal shares, and DDP's forward would try to
         # synchronise buffers with ranks that have already finished.
         if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            xs = tuple(x.contiguous(memory_format=torch.channels_last) for x in xs)
         with autocast(dist.device, args.amp):
-            return {k: v.float() for k, v in model(x).items()}
+            return {k: v.float() for k, v in model(*xs).items()}
 
     try:
         while state["epoch"] < args.epochs:
@@ -487,7 +493,7 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily) -> int:
                                          logger, state, stop, lambda: save(args.out))
             if args.precise_bn:
                 bn_sampler.set_epoch(epoch)
-                recompute_bn_stats(model, bn_loader, args.precise_bn, dist.device, args, dist)
+                recompute_bn_stats(model, bn_loader, args.precise_bn, dist.device, args, dist, family.inputs)
             model.eval()
             panels: list[np.ndarray] = []
             metrics = family.evaluate(model_fn, val_loader, dist.device, args.limit_batches,
