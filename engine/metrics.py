@@ -127,7 +127,7 @@ class SeriesMeter:
       raters preferred (i when p > 0.5);
     - ``pair/acc_agree``: the same on pairs with clear agreement, p >= 0.7 or p <= 0.3;
     - ``pair/nll``: mean cross-entropy against the soft label, -(p log prob_i + (1 - p) log(1 - prob_i)),
-      probabilities clamped to [1e-12, 1 - 1e-12];
+      prob_i clamped to [1e-12, 1 - 1e-12];
     - ``series/top1``: share of series whose photo with the most predicted wins is the best photo.
       The best photo has the most wins by the raters' majorities (in the official lists, where
       p > 0.5 exactly when rank_i < rank_j, that is the rank-1 photo, unless it has a tie p = 0.5);
@@ -166,8 +166,8 @@ def series_metrics(rows: list[tuple[int, int, int, float, float]]) -> dict[str, 
     ok = [(prob > 0.5) == (p > 0.5) for _, _, _, p, prob in rows]
     agree = [c for c, (_, _, _, p, _) in zip(ok, rows) if p >= 0.7 or p <= 0.3]
     eps = SeriesMeter.EPS
-    nll = [-(p * math.log(min(max(q, eps), 1 - eps)) + (1 - p) * math.log(min(max(1 - q, eps), 1 - eps)))
-           for _, _, _, p, q in rows]
+    clamped = [min(max(q, eps), 1 - eps) for *_, q in rows]
+    nll = [-(r[3] * math.log(q) + (1 - r[3]) * math.log(1 - q)) for r, q in zip(rows, clamped)]
     # per series and photo: [true wins, summed p, predicted wins, summed prob]
     tally: dict[int, dict[int, list[float]]] = {}
     for s, i, j, p, q in rows:
