@@ -37,9 +37,10 @@ FAST = ["--workers", "2", "--device", "cpu", "--amp", "bf16", "--channels-last",
 PIXEL = ["--crop-size", "128", "--batch-size", "4", "--lr", "0.01", "--val-fraction", "0.05", *FAST]
 IMAGE = ["--crop-size", "64", "--batch-size", "16", "--lr", "0.01", "--test-fold", "0", *FAST]
 # Series: the Siamese net (the PAU descriptors are cubic in the features, unstable from random
-# weights at a demo's learning rate); the original's 10x head multiplier kept.
-SERIES = ["--fusion", "siamese", "--crop-size", "48", "--batch-size", "8", "--lr", "0.002", "--schedule", "poly",
-          *FAST]
+# weights at a demo's learning rate); from random weights the original's 10x on the head makes the
+# loss swing, so the head learns at the base rate here, and pair swaps double the labels.
+SERIES = ["--fusion", "siamese", "--crop-size", "32", "--batch-size", "16", "--lr", "0.002", "--lr-mult",
+          '{"head": 1}', "--swap-p", "0.5", "--schedule", "poly", *FAST]
 
 
 def run(cmd: list[str]) -> None:
@@ -93,7 +94,7 @@ def series_stage(out: Path, epochs: int) -> dict[str, float]:
     """Synthetic Phototriage, train_series.py (Siamese), eval.py on the test pairs; returns the metrics."""
     root, res = out / "data" / "phototriage", out / "results"
     if not (root / "test" / "test_pairlist.txt").is_file():
-        run(["-m", "data.synthetic_series", "--out", str(root), "--series", "24", "8", "12", "--size", "48"])
+        run(["-m", "data.synthetic_series", "--out", str(root), "--series", "48", "8", "16", "--size", "40"])
     run(["train_series.py", "--data-root", str(root), *SERIES, "--pretrained", "none", "--epochs", str(epochs),
          "--out", str(out / "weight" / "series_siamese_last.pth"), "--logdir", str(out / "runs" / "series_siamese")])
     run(["eval.py", "--checkpoint", str(out / "weight" / "series_siamese_best.pth"), "--data-root", str(root),
@@ -107,7 +108,7 @@ def main() -> int:
     p.add_argument("--out", default="demo", help="folder for data, checkpoints, runs, results and plots")
     p.add_argument("--pixel-epochs", type=int, default=12, help="stage 1; stage 2 runs half as many")
     p.add_argument("--image-epochs", type=int, default=8, help="stage 1; stage 2 runs half as many")
-    p.add_argument("--series-epochs", type=int, default=3, help="series photo selection (Siamese)")
+    p.add_argument("--series-epochs", type=int, default=4, help="series photo selection (Siamese)")
     args = p.parse_args()
     out = (REPO / args.out).resolve()
     t0 = time.time()
