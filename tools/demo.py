@@ -36,9 +36,9 @@ from engine.metrics import ImageMeter, PixelMeter  # noqa: E402
 FAST = ["--workers", "2", "--device", "cpu", "--amp", "bf16", "--channels-last", "--precise-bn", "4"]
 PIXEL = ["--crop-size", "128", "--batch-size", "4", "--lr", "0.01", "--val-fraction", "0.05", *FAST]
 IMAGE = ["--crop-size", "64", "--batch-size", "16", "--lr", "0.01", "--test-fold", "0", *FAST]
-# Series: the Siamese net (the PAU descriptors are cubic in the features, unstable from random
-# weights at a demo's learning rate); from random weights the original's 10x on the head makes the
-# loss swing, so the head learns at the base rate here, and pair swaps double the labels.
+# Series: the Siamese net (the PAU descriptors are cubic in the features: from random weights
+# they overflow at a demo's learning rate, loss ~1e27 in the first epoch); the original's 10x on
+# the head makes the loss swing, so the head learns at the base rate here; pair swaps double the labels.
 SERIES = ["--fusion", "siamese", "--crop-size", "32", "--batch-size", "16", "--lr", "0.002", "--lr-mult",
           '{"head": 1}', "--swap-p", "0.5", "--schedule", "poly", *FAST]
 
@@ -108,7 +108,7 @@ def main() -> int:
     p.add_argument("--out", default="demo", help="folder for data, checkpoints, runs, results and plots")
     p.add_argument("--pixel-epochs", type=int, default=12, help="stage 1; stage 2 runs half as many")
     p.add_argument("--image-epochs", type=int, default=8, help="stage 1; stage 2 runs half as many")
-    p.add_argument("--series-epochs", type=int, default=4, help="series photo selection (Siamese)")
+    p.add_argument("--series-epochs", type=int, default=8, help="series photo selection (Siamese)")
     args = p.parse_args()
     out = (REPO / args.out).resolve()
     t0 = time.time()
