@@ -5,18 +5,26 @@ series metrics against hand-computed values."""
 import csv
 import json
 import math
+import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from test_training import event_scalars
+from test_training import REPO, event_scalars
+from torch.utils.data import DataLoader, Subset
 
 import eval as eval_script
 import train_series
+from data import PairEvalTransform, Phototriage
 from data.synthetic_series import write_phototriage
 from engine import trainer
 from engine.checkpoint import load_checkpoint
 from engine.metrics import SeriesMeter, series_metrics, validation_score
+from engine.series import series_evaluate
+from models import model_from_config
 
 KEYS = ["pair/acc", "pair/acc_agree", "pair/nll", "series/top1"]
 
@@ -76,8 +84,6 @@ def test_train_eval_and_metrics_recomputed_from_predictions_csv(phototriage, tmp
         reader = csv.reader(f)
         assert next(reader) == ["series", "i", "j", "p", "prob_i"]
         rows = [(int(s), int(i), int(j), float(p), float(q)) for s, i, j, p, q in reader]
-    from data import Phototriage
-
     test = Phototriage(phototriage, "test")
     assert [(r[0], r[1], r[2], r[3]) for r in rows] == [(p.series, p.i, p.j, p.p) for p in test.pairs]
     assert metrics == pytest.approx(recompute(rows), rel=1e-9)
@@ -128,3 +134,28 @@ def test_series_metrics_against_hand_computed_values():
     meter.update(*(torch.tensor(c, dtype=torch.float64 if k > 2 else torch.int64) for k, c in enumerate(zip(*rows))))
     assert meter.compute() == m and validation_score(m) == m["pair/acc"]
     assert all(math.isnan(v) for v in series_metrics([]).values())
+
+
+def test_torchrun_two_processes_rank_the_series_whole(phototriage, tmp_path):
+    """Validation pairs are split across ranks; the gathered metrics equal one process's."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "train_series.py", "--data-root", str(phototriage),
+           "--crop-size", "32", "--batch-size", "2", "--epochs", "1", "--limit-batches", "3", "--workers", "0",
+           "--device", "cpu", "--pretrained", "none", "--fusion", "siamese", "--out", str(tmp_path / "ddp_last.pth"),
+           "--logdir", str(tmp_path / "run"), "--precise-bn", "2"]  # the same BN statistics on both ranks
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    ck = load_checkpoint(tmp_path / "ddp_last.pth")
+    model = model_from_config(ck["model_config"])
+    model.load_state_dict(ck["model"])
+    model.eval()
+    val = Phototriage(phototriage, "val", transform=PairEvalTransform(32))
+    meter = SeriesMeter()
+    # each rank saw at most 3 batches of 2 of its half (EpochSampler without padding: every other pair)
+    seen = [k for rank in (0, 1) for k in list(range(len(val)))[rank::2][:6]]
+    loader = DataLoader(Subset(val, seen), batch_size=2)
+    metrics = series_evaluate(lambda a, b: model(a, b), loader, torch.device("cpu"), None, meter=meter)
+    assert len(meter.rows) == len(seen) and len({r[0] for r in meter.rows}) > 1
+    assert {k: record[f"val/{k}"] for k in KEYS} == pytest.approx(metrics, rel=1e-5)
