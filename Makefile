@@ -19,7 +19,8 @@ venv: $(VENV)/.installed
 test: venv
 	$(PY) -m pytest -q tests
 
-# Synthetic NYUv2 + Adience in the official formats, stage 1 and 2 for both task families on CPU,
+# Synthetic NYUv2 + Adience + Phototriage in the official formats, stage 1 and 2 for both task families
+# and a series photo selection run on CPU,
 # evaluation against the majority-class baseline, TensorBoard runs and PNG plots under demo/.
 demo: venv
 	$(PY) tools/demo.py --out demo

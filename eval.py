@@ -2,10 +2,13 @@
 
     python eval.py --checkpoint weight/pixel_afa_best.pth --data-root data/nyuv2_prepared --json pixel_afa.json
     python eval.py --checkpoint weight/image_afa_fold0_best.pth --data-root data/adience --json image_afa.json
+    python eval.py --checkpoint weight/series_pau_best.pth --data-root data/phototriage --json series_pau.json
 
 The network is rebuilt from the checkpoint alone. NYUv2: the official test split at label
 resolution (480 x 640 for the official set; sliding windows of the network's input size,
 see data/transforms.py). Adience: the checkpoint's test fold unless --test-fold is given.
+Phototriage: the official test pair list (labelled pairs), shorter side to the network's input
+size and centre crop.
 Metrics are pooled over all test pixels / images (engine/metrics.py). --save-predictions
 writes exactly the values the metrics were computed from.
 """
@@ -26,8 +29,9 @@ from torch.utils.data import DataLoader
 from data import AGE_GROUPS, Adience, DataError, ImageEvalTransform, NYUv2, PixelEvalTransform
 from engine.checkpoint import CheckpointError, load_checkpoint
 from engine.distributed import resolve_device
-from engine.metrics import ImageMeter, PixelMeter, multitask_delta
+from engine.metrics import ImageMeter, PixelMeter, SeriesMeter, multitask_delta
 from engine.plots import plot_confusion, plot_curves, plot_grid
+from engine.series import series_evaluate
 from engine.tasks import pixel_evaluate, predict_image
 from engine.trainer import autocast
 from models import model_from_config
@@ -39,7 +43,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--data-root", required=True, help="prepared NYUv2 / MTAN folder, or the Adience folder")
     p.add_argument("--json", default=None, help="write the metrics to this JSON file")
     p.add_argument("--save-predictions", default=None, metavar="DIR",
-                   help="pixel: <index>.npz per sample (seg, depth); image: predictions.csv")
+                   help="pixel: <index>.npz per sample (seg, depth); image: predictions.csv; "
+                        "series: predictions.csv (series,i,j,p,prob_i)")
     p.add_argument("--limit-batches", type=int, default=None, help="evaluate at most N batches (smoke runs)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
@@ -117,6 +122,25 @@ def evaluate_image(model_fn, ck: dict, args: argparse.Namespace, device: torch.d
     return meter.compute()
 
 
+def evaluate_series(model_fn, ck: dict, args: argparse.Namespace, device: torch.device):
+    from data import PairEvalTransform, Phototriage
+
+    dataset = Phototriage(args.data_root, "test", transform=PairEvalTransform(ck["model_config"]["input_size"]))
+    loader = DataLoader(dataset, batch_size=args.batch_size or 32, num_workers=args.workers)
+    meter = SeriesMeter()
+    metrics = series_evaluate(model_fn, loader, device, args.limit_batches, meter=meter)
+    if args.save_predictions:
+        out = Path(args.save_predictions)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "predictions.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["series", "i", "j", "p", "prob_i"])
+            w.writerows((s, i, j, repr(p), repr(q)) for s, i, j, p, q in meter.rows)  # repr: exact round trip
+    print(f"Phototriage test: {len(meter.rows)} labelled pairs ({dataset.ties} ties left out), "
+          f"{len({r[0] for r in meter.rows})} series")
+    return metrics
+
+
 def print_table(metrics: dict[str, float], title: str) -> None:
     width = max(len(k) for k in metrics)
     print(title)
@@ -134,12 +158,12 @@ def main(args: argparse.Namespace) -> int:
         model.load_state_dict(ck["model"])
         model.to(device).eval()
 
-        def model_fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        def model_fn(*xs: torch.Tensor) -> dict[str, torch.Tensor]:
             with autocast(device, args.amp):
-                return {k: v.float() for k, v in model(x).items()}
+                return {k: v.float() for k, v in model(*xs).items()}
 
         kind = ck["model_config"]["kind"]
-        evaluate = evaluate_pixel if kind == "pixel" else evaluate_image
+        evaluate = {"pixel": evaluate_pixel, "series": evaluate_series}.get(kind, evaluate_image)
         metrics = evaluate(model_fn, ck, args, device)
         if args.baseline:
             with open(args.baseline) as f:

@@ -82,7 +82,7 @@ FAMILIES = {f.name: f for f in (
     Family("adience", "train_image.py", ("none", "shared", "cross_stitch", "nddr", "afa"), seeds=(0,),
            folds=(0, 1, 2, 3, 4)),
     # The ICASSP 2020 series photo selection networks: both methods from ImageNet, no stage 2.
-    Family("series", "train_series.py", ("siamese", "pau"), seeds=(0, 1, 2), single=None, method_flag="--method"),
+    Family("series", "train_series.py", ("siamese", "pau"), seeds=(0, 1, 2), single=None),
 )}
 
 

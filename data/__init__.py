@@ -1,4 +1,4 @@
-"""Datasets, transforms and protocol helpers for NYUv2 (pixel tasks) and Adience (image tasks).
+"""Datasets, transforms and protocol helpers for NYUv2 (pixel tasks), Adience (image tasks) and Phototriage (series).
 
 Command-line tools: ``python -m data.prepare_nyuv2`` (official .mat -> prepared folder) and ``python -m
 data.synthetic`` (small synthetic datasets in the official on-disk formats). Public names are imported from their
@@ -19,6 +19,9 @@ __all__ = [
     "ImageEvalTransform",
     "ImageTrainTransform",
     "NYUv2",
+    "PairEvalTransform",
+    "PairTrainTransform",
+    "Phototriage",
     "PixelEvalTransform",
     "PixelTrainTransform",
     "adience_protocol",
@@ -38,6 +41,9 @@ _HOME = {
     "DataNotFoundError": "errors",
     "NYUv2": "nyuv2",
     "carve_val": "nyuv2",
+    "PairEvalTransform": "phototriage",
+    "PairTrainTransform": "phototriage",
+    "Phototriage": "phototriage",
     "IMAGENET_MEAN": "transforms",
     "IMAGENET_STD": "transforms",
     "ImageEvalTransform": "transforms",

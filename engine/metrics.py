@@ -8,6 +8,7 @@ Depth (on pixels with ground truth > 0; predictions clamped to >= MIN_DEPTH so t
 ratios and logarithms are defined): abs error, abs rel, sq rel, log10, RMSE, RMSE(log),
 and the fractions with max(pred/gt, gt/pred) below 1.25, 1.25^2, 1.25^3.
 Image tasks: gender accuracy, age accuracy, age 1-off accuracy (within one group).
+Series photo selection: see SeriesMeter.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ DIRECTION = {
     "depth/abs_err": -1, "depth/rel_err": -1, "depth/sq_rel": -1, "depth/log10": -1, "depth/rmse": -1,
     "depth/rmse_log": -1, "depth/delta1": 1, "depth/delta2": 1, "depth/delta3": 1,
     "gender/acc": 1, "age/acc": 1, "age/one_off": 1,
+    "pair/acc": 1, "pair/acc_agree": 1, "pair/nll": -1, "series/top1": 1,
 }
 
 
@@ -125,9 +127,78 @@ class ImageMeter:
         return {"gender/acc": g / n, "age/acc": a / n, "age/one_off": one / n}
 
 
+class SeriesMeter:
+    """Series photo selection metrics from one row per labelled pair: (series, i, j, p, prob_i),
+    p the share of raters preferring photo i, prob_i the predicted probability that it is preferred.
+
+    - ``pair/acc``: share of pairs where the predicted winner (i when prob_i > 0.5) is the one most
+      raters preferred (i when p > 0.5);
+    - ``pair/acc_agree``: the same on pairs with clear agreement, p >= 0.7 or p <= 0.3;
+    - ``pair/nll``: mean cross-entropy against the soft label, -(p log prob_i + (1 - p) log(1 - prob_i)),
+      prob_i clamped to [1e-12, 1 - 1e-12];
+    - ``series/top1``: share of series whose photo with the most predicted wins is the best photo.
+      The best photo has the most wins by the raters' majorities (in the official lists, where
+      p > 0.5 exactly when rank_i < rank_j, that is the rank-1 photo, unless it has a tie p = 0.5);
+      ties in wins are broken by the summed probabilities (predicted: prob_i; raters: p), then by
+      the lower photo index.
+
+    The rows are kept (they are what --save-predictions writes); ``reduce`` gathers them from
+    all ranks, so a series split across ranks is still ranked whole.
+    """
+
+    EPS = 1e-12
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, int, int, float, float]] = []
+
+    def update(self, series: Tensor, i: Tensor, j: Tensor, p: Tensor, prob_i: Tensor) -> None:
+        cols = [t.cpu().tolist() for t in (series, i, j)] + [t.double().cpu().tolist() for t in (p, prob_i)]
+        self.rows += zip(*cols)
+
+    def reduce(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            parts: list = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, self.rows)
+            self.rows = [r for part in parts for r in part]
+
+    def compute(self) -> dict[str, float]:
+        return series_metrics(self.rows)
+
+
+def series_metrics(rows: list[tuple[int, int, int, float, float]]) -> dict[str, float]:
+    """The SeriesMeter metrics of rows (series, i, j, p, prob_i); NaN where no row counts."""
+    if not rows:
+        return dict.fromkeys(("pair/acc", "pair/acc_agree", "pair/nll", "series/top1"), math.nan)
+    ok = [(prob > 0.5) == (p > 0.5) for _, _, _, p, prob in rows]
+    agree = [c for c, (_, _, _, p, _) in zip(ok, rows) if p >= 0.7 or p <= 0.3]
+    eps = SeriesMeter.EPS
+    clamped = [min(max(q, eps), 1 - eps) for *_, q in rows]
+    nll = [-(r[3] * math.log(q) + (1 - r[3]) * math.log(1 - q)) for r, q in zip(rows, clamped)]
+    # per series and photo: [true wins, summed p, predicted wins, summed prob]
+    tally: dict[int, dict[int, list[float]]] = {}
+    for s, i, j, p, q in rows:
+        photos = tally.setdefault(s, {})
+        ti, tj = photos.setdefault(i, [0, 0.0, 0, 0.0]), photos.setdefault(j, [0, 0.0, 0, 0.0])
+        (ti if p > 0.5 else tj)[0] += 1
+        (ti if q > 0.5 else tj)[2] += 1
+        ti[1], tj[1], ti[3], tj[3] = ti[1] + p, tj[1] + 1 - p, ti[3] + q, tj[3] + 1 - q
+
+    def best(photos: dict[int, list[float]], k: int) -> int:
+        return max(photos, key=lambda x: (photos[x][k], photos[x][k + 1], -x))
+
+    top1 = [best(photos, 2) == best(photos, 0) for photos in tally.values()]
+    return {"pair/acc": sum(ok) / len(ok), "pair/acc_agree": sum(agree) / len(agree) if agree else math.nan,
+            "pair/nll": sum(nll) / len(nll), "series/top1": sum(top1) / len(top1)}
+
+
 def validation_score(metrics: dict[str, float]) -> float:
     """The best-model criterion (higher is better): pixel nets the mean of seg mIoU and depth
-    delta1, image nets the mean of gender and age accuracy — one number per task in [0, 1]."""
+    delta1, image nets the mean of gender and age accuracy — one number per task in [0, 1];
+    series nets the pairwise accuracy."""
+    if "pair/acc" in metrics:  # series photo selection: one task
+        return metrics["pair/acc"]
     keys = ("seg/miou", "depth/delta1") if "seg/miou" in metrics else ("gender/acc", "age/acc")
     return sum(metrics[k] for k in keys) / len(keys)
 

@@ -25,8 +25,8 @@ def lr_factor(it: int, total: int, name: str = "poly", warmup: int = 0, power: f
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total: int, name: str = "poly", warmup: int = 0,
-                    step_every: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+                    step_every: int = 0, gamma: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR stepped once per iteration; its state (last_epoch) goes into checkpoints."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: lr_factor(it, total, name, warmup, step_every=step_every)
+        optimizer, lambda it: lr_factor(it, total, name, warmup, step_every=step_every, gamma=gamma)
     )

@@ -69,6 +69,8 @@ class TaskFamily:
     losses(out, batch) -> {task: scalar loss}.
     evaluate(model_fn, loader, device, limit, panels) -> pooled metrics (reduced over ranks); when
         ``panels`` is a list, example pictures (H, W, 3) of the first samples are appended to it.
+    inputs(batch) -> the model's positional inputs (default: the image alone).
+    config(args, train) -> the model_config dict of a new run (default: a ModelConfig from the flags).
     """
 
     kind: str
@@ -76,6 +78,8 @@ class TaskFamily:
     tasks: Callable[[Any], dict[str, int]]
     losses: Callable[[dict[str, Tensor], dict[str, Any]], dict[str, Tensor]]
     evaluate: Callable[..., dict[str, float]]
+    inputs: Callable[[dict[str, Any]], tuple[Tensor, ...]] = lambda batch: (batch["image"],)
+    config: Callable[[argparse.Namespace, Any], dict[str, Any]] | None = None
 
 
 def common_args(parser: argparse.ArgumentParser, kind: str, defaults: dict[str, Any]) -> argparse.ArgumentParser:
@@ -212,7 +216,7 @@ def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool =
     for k, v in batch.items():
         if isinstance(v, Tensor):
             v = v.to(device, non_blocking=True)
-            if k == "image" and channels_last and v.ndim == 4:
+            if channels_last and v.ndim == 4:  # the images (and any other 4-D input)
                 v = v.contiguous(memory_format=torch.channels_last)
         out[k] = v
     return out
@@ -260,7 +264,7 @@ def train_step(model: nn.Module, batch: dict[str, Any], family: TaskFamily, opti
     (K,) in ``weighting.tasks`` order, detached and still on the device (no host sync)."""
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, amp):
-        out = model(batch["image"])
+        out = model(*family.inputs(batch))
     losses = family.losses(out, batch)
     total = weighting.combine(losses, shared)
     (scaler.scale(total) if scaler is not None else total).backward()
@@ -361,7 +365,8 @@ def should_stop(stop: StopFlag, dist: DistInfo, at_log: bool) -> bool:
 
 @torch.no_grad()
 def recompute_bn_stats(model: nn.Module, loader: DataLoader, n_batches: int, device: torch.device,
-                       args: argparse.Namespace, dist: DistInfo) -> None:
+                       args: argparse.Namespace, dist: DistInfo,
+                       inputs: Callable[[dict[str, Any]], tuple[Tensor, ...]] = lambda b: (b["image"],)) -> None:
     """Precise BN: replace the running statistics (an average over the last, still moving, weights)
     by plain averages over ``n_batches`` training batches with the current weights."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -373,7 +378,7 @@ def recompute_bn_stats(model: nn.Module, loader: DataLoader, n_batches: int, dev
     for batch in evaluation_batches(loader, n_batches):
         batch = to_device(batch, device, args.channels_last)
         with autocast(device, args.amp):
-            model(batch["image"])
+            model(*inputs(batch))
     for bn, m in zip(bns, momenta):
         bn.momentum = m
         if dist.distributed:  # every rank evaluates with the same statistics
@@ -397,14 +402,20 @@ def build_optimizer(model: MultiTaskNet, weighting: LossWeighting, args: argpars
     return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, **kw)
 
 
-def default_weighting(fusion: str) -> str:
-    """The original recipe: DWA (T = 2) when the tasks interact; a plain sum for the single-task pair."""
-    return "equal" if fusion == "none" else "dwa"
+def default_weighting(model: nn.Module) -> str:
+    """The original recipe: DWA (T = 2) when the tasks interact; a plain sum for the single-task pair
+    (and for a family with one task)."""
+    return "equal" if len(model.tasks) < 2 or model.config.fusion == "none" else "dwa"
 
 
-def make_weighting(model: MultiTaskNet, args: argparse.Namespace) -> LossWeighting:
-    name = args.weighting or default_weighting(model.config.fusion)
-    if name == "gradnorm" and not model.shared_parameters():
+def shared_parameters(model: nn.Module) -> list[Tensor]:
+    """GradNorm's W: the last parameters both tasks reach (none outside the two-task networks)."""
+    return model.shared_parameters() if isinstance(model, MultiTaskNet) else []
+
+
+def make_weighting(model: nn.Module, args: argparse.Namespace) -> LossWeighting:
+    name = args.weighting or default_weighting(model)
+    if name == "gradnorm" and not shared_parameters(model):
         raise UserError(f"--weighting gradnorm balances gradients on parameters both tasks share; "
                         f"--fusion {model.config.fusion} has none")
     try:
@@ -456,18 +467,18 @@ def build_network(args: argparse.Namespace, family: TaskFamily, train_set: Any, 
     if resume is not None:
         return model_from_config(resume["model_config"])
     try:
-        config = ModelConfig(kind=family.kind, fusion=args.fusion, grad_mode=args.grad_mode,
-                             tasks=family.tasks(train_set), input_size=args.crop_size, tau=args.tau,
-                             protect_tasks=args.protect_tasks, fusion_at=args.fusion_at, fusion_init=args.fusion_init,
-                             **({"depths": args.depths} if args.depths else {}))
+        config = family.config(args, train_set) if family.config else ModelConfig(
+            kind=family.kind, fusion=args.fusion, grad_mode=args.grad_mode, tasks=family.tasks(train_set),
+            input_size=args.crop_size, tau=args.tau, protect_tasks=args.protect_tasks, fusion_at=args.fusion_at,
+            fusion_init=args.fusion_init, **({"depths": args.depths} if args.depths else {})).to_dict()
     except ValueError as e:
         raise UserError(str(e)) from None
-    model = model_from_config(config.to_dict())
+    model = model_from_config(config)
     if args.init:
-        if config.fusion == "shared":
+        if model.config.fusion == "shared":
             raise UserError(f"--init {args.init}: hard sharing ('shared') starts from ImageNet weights "
                             "(--pretrained), not from a single-task checkpoint")
-        report = init_from_stage1(model, load_stage1(args.init, config), heads=args.init_heads)
+        report = init_from_stage1(model, load_stage1(args.init, model.config), heads=args.init_heads)
         if dist.is_main:
             what = "trunks and heads" if args.init_heads else "trunks"
             print(f"init from {args.init}: {len(report['loaded'])} tensors loaded ({what}); "
@@ -542,9 +553,10 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily, explicit: set[str] 
     model.to(dist.device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    model.monitor_fusions()
+    if isinstance(model, MultiTaskNet):
+        model.monitor_fusions()
     weighting = make_weighting(model, args).to(dist.device)
-    shared = model.shared_parameters() if args.weighting == "gradnorm" else []
+    shared = shared_parameters(model) if args.weighting == "gradnorm" else []
     optimizer = build_optimizer(model, weighting, args, dist.device)
     train_ds = SeededDataset(train_set, train_tf, args.seed)
     val_ds = SeededDataset(val_set, eval_tf, args.seed)
@@ -567,7 +579,9 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily, explicit: set[str] 
     bn_loader = make_loader(train_ds, args.batch_size, 0, bn_sampler, dist.device, drop_last=True)
     iters_per_epoch = len(train_loader) if args.limit_batches is None else min(len(train_loader), args.limit_batches)
     schedule_total = schedule_length(args, iters_per_epoch, resume)  # stored; --epochs extends it on resume
-    scheduler = build_scheduler(optimizer, schedule_total, args.schedule, args.warmup_iters, args.step_every)
+    step_every = args.step_every or getattr(args, "step_epochs", 0) * iters_per_epoch  # series: in epochs
+    scheduler = build_scheduler(optimizer, schedule_total, args.schedule, args.warmup_iters, step_every,
+                                getattr(args, "step_gamma", 0.1))
     scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
     state = TrainState(schedule_total=schedule_total)
     if resume is not None:
@@ -599,13 +613,13 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily, explicit: set[str] 
             full = checkpoint_state(model, optimizer, scheduler, scaler, weighting, state, args)
             save_checkpoint(best_state(full) if model_only else full, path)
 
-    def model_fn(x: Tensor) -> dict[str, Tensor]:
+    def model_fn(*xs: Tensor) -> dict[str, Tensor]:
         # The unwrapped model: ranks evaluate unequal shares, and DDP's forward would try to
         # synchronise buffers with ranks that have already finished.
         if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            xs = tuple(x.contiguous(memory_format=torch.channels_last) for x in xs)
         with autocast(dist.device, args.amp):
-            return {k: v.float() for k, v in model(x).items()}
+            return {k: v.float() for k, v in model(*xs).items()}
 
     try:
         while state.epoch < args.epochs:
@@ -618,10 +632,10 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily, explicit: set[str] 
                 save(args.out)
                 return 128 + (stop.signum or signal.SIGTERM)
             weighting.end_epoch(result.losses)  # DWA: the next epoch's weights, saved with the state below
-            fusion = model.fusion_stats()
+            fusion = model.fusion_stats() if isinstance(model, MultiTaskNet) else {}
             if args.precise_bn:
                 bn_sampler.set_epoch(epoch)
-                recompute_bn_stats(model, bn_loader, args.precise_bn, dist.device, args, dist)
+                recompute_bn_stats(model, bn_loader, args.precise_bn, dist.device, args, dist, family.inputs)
             model.eval()
             panels: list[np.ndarray] = []
             metrics = family.evaluate(model_fn, val_loader, dist.device, args.limit_batches,

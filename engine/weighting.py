@@ -59,13 +59,15 @@ class LossWeighting(nn.Module):
             tensor in the state (index i belongs to ``tasks[i]``).
     """
 
+    min_tasks = 2  # weighting between tasks needs tasks to weigh
+
     def __init__(self, tasks: Sequence[str]) -> None:
         super().__init__()
         if isinstance(tasks, str):  # a str is a Sequence[str] of characters: never what is meant
             raise ValueError(f"tasks must be a sequence of task names, got the string {tasks!r}")
         tasks = list(tasks)
-        if len(tasks) < 2:
-            raise ValueError(f"loss weighting needs at least 2 tasks, got {len(tasks)}: {tasks}")
+        if len(tasks) < self.min_tasks:
+            raise ValueError(f"{type(self).__name__} needs at least {self.min_tasks} tasks, got {len(tasks)}: {tasks}")
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"task names must be unique, got {tasks}")
         self.tasks: list[str] = tasks
@@ -112,7 +114,9 @@ class LossWeighting(nn.Module):
 
 
 class EqualWeighting(LossWeighting):
-    """total = sum_t L_t; every weight is 1."""
+    """total = sum_t L_t; every weight is 1 (also the plain loss of a single-task family)."""
+
+    min_tasks = 1
 
     def __init__(self, tasks: Sequence[str]) -> None:
         super().__init__(tasks)

@@ -248,7 +248,13 @@ def build_model(kind: str, fusion: str = "afa", grad_mode: str = "protect", *,
         **options: ModelConfig fields: tasks ({name: channels}, two tasks), input_size
             (the square crop the net is fed; sets SAM's size), output_stride, tau, protect_tasks,
             fusion_at, fusion_init, depths.
+
+    ``kind='series'`` builds a series photo selection network instead (models/series.py):
+    fusion 'pau' or 'siamese', options input_size, shared_units, symmetric.
     """
+    if kind == "series":
+        from .series import build_series_model
+        return build_series_model(fusion, backbone_weights=backbone_weights, verbose=verbose, **options)
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = set(options) - fields
     if unknown:
@@ -263,6 +269,9 @@ def build_model(kind: str, fusion: str = "afa", grad_mode: str = "protect", *,
 
 def model_from_config(config: Mapping[str, Any]) -> MultiTaskNet:
     """Rebuild a network from ``ModelConfig.to_dict()`` output (as stored in checkpoints)."""
+    if config.get("kind") == "series":  # SeriesConfig.to_dict() output
+        from .series import SeriesConfig, SeriesNet
+        return SeriesNet(SeriesConfig(**config))
     return MultiTaskNet(ModelConfig(**config))
 
 

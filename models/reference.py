@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from torch import Tensor
 
 from .multitask import DEFAULTS, KINDS
+from .series import convert_series_keys
 
 # Template fields: {T} branch (A/B vs task name), {N} branch number (1/2 vs task name), {i} and
 # {j} indices, {m} bottleneck module, {p} the rest of the name.
@@ -128,10 +129,14 @@ def convert_reference_state_dict(state_dict: Mapping[str, Tensor], kind: str, fu
     points. ``tasks`` names task 1 and task 2 (defaults: gender, age / seg, depth). Keys that fit
     no rule raise a ValueError listing them.
     """
+    if kind == "series":  # the third argument is the fusion: 'pau' or 'siamese' (models/series.py)
+        return convert_series_keys(state_dict, fusion or "", to_ours=True)
     return _convert(state_dict, kind, fusion, tasks, to_ours=True)
 
 
 def to_reference_state_dict(state_dict: Mapping[str, Tensor], kind: str, fusion: str | None = None,
                             tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
     """The inverse of :func:`convert_reference_state_dict`: our names to the original's."""
+    if kind == "series":  # the third argument is the fusion: 'pau' or 'siamese' (models/series.py)
+        return convert_series_keys(state_dict, fusion or "", to_ours=False)
     return _convert(state_dict, kind, fusion, tasks, to_ours=False)

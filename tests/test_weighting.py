@@ -50,7 +50,7 @@ def test_build_weighting_names() -> None:
     ({"name": "dwa", "dwa_temp": -2.0}, "got -2.0"),
     ({"name": "dwa", "dwa_temp": float("nan")}, "got nan"),
     ({"name": "gradnorm", "gradnorm_alpha": -0.5}, "alpha .* >= 0, got -0.5"),
-    ({"name": "equal", "tasks": ["seg"]}, r"at least 2 tasks, got 1: \['seg'\]"),
+    ({"name": "dwa", "tasks": ["seg"]}, r"DWA needs at least 2 tasks, got 1: \['seg'\]"),
     ({"name": "uncertainty", "tasks": []}, "at least 2 tasks, got 0"),
     ({"name": "equal", "tasks": "seg"}, "got the string 'seg'"),
     ({"name": "dwa", "tasks": ["seg", "seg"]}, "unique"),
@@ -343,3 +343,9 @@ def test_gradnorm_target_uses_alpha(alpha: float, signs: list[float]) -> None:
     total.backward()
     assert gn.last_grad_norms.tolist() == [4.0, 2.0]
     assert gn.task_weights.grad.tolist() == pytest.approx([4.0 * signs[0], 2.0 * signs[1]])
+
+
+def test_equal_weighting_is_the_plain_loss_of_a_single_task_family():
+    w = build_weighting("equal", ["pair"])
+    loss = torch.tensor(0.7)
+    assert w.combine({"pair": loss}) == loss and float(w.weights()["pair"]) == 1.0
