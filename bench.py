@@ -48,6 +48,8 @@ import torch
 from torch import Tensor, nn
 
 from engine.losses import image_losses, pixel_losses
+from engine.trainer import TaskFamily, train_step
+from engine.weighting import build_weighting
 from models import build_model
 from models.multitask import DEFAULTS, FUSIONS, KINDS
 from tools import original
@@ -158,37 +160,37 @@ def build_ours(cfg: StepConfig, device: torch.device) -> tuple[nn.Module, list[d
     return model, model.param_groups(0.01)
 
 
-class TrainStep:
-    """optimizer.zero_grad; autocast forward; summed task losses; backward; optimiser step.
+class _DictOutputs(nn.Module):
+    """The original networks return a tuple of task outputs: name them, as ours do."""
 
-    No host-device synchronisation here (no .item(), no Python branches on tensor values); the
-    loss functions are engine/losses.py's. ``outputs`` names the entries of a tuple-returning
-    network (the original code) so that the same loss functions apply.
+    def __init__(self, model: nn.Module, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return dict(zip(self.names, self.model(x)))
+
+
+class TrainStep:
+    """The training loop's own step (engine.trainer.train_step) on a fixed batch: zero_grad,
+    autocast forward, the task losses of engine/losses.py summed with equal weights, backward,
+    optimiser step; no host-device synchronisation. ``outputs`` names the entries of a
+    tuple-returning network (the original code) so that the same step applies to it.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, kind: str, amp: str,
                  device: torch.device, outputs: tuple[str, ...] | None = None) -> None:
-        self.model, self.optimizer, self.outputs = model, optimizer, outputs
-        self.losses = image_losses if kind == "image" else pixel_losses
-        self.device_type = device.type
-        self.dtype = AMP_DTYPES[amp]
-        self.amp = amp != "none"
+        self.model = _DictOutputs(model, outputs) if outputs is not None else model
+        self.optimizer, self.amp, self.device = optimizer, amp, device
+        # train_step reads only the family's inputs and losses
+        self.family = TaskFamily(kind, datasets=None, tasks=None, evaluate=None,  # type: ignore[arg-type]
+                                 losses=image_losses if kind == "image" else pixel_losses)
+        self.weighting = build_weighting("equal", TASKS[kind]).to(device)
         self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
 
     def __call__(self, batch: dict[str, Tensor]) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.amp):
-            out = self.model(batch["image"])
-            if self.outputs is not None:
-                out = dict(zip(self.outputs, out))
-            loss = sum(self.losses(out, batch).values())
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        train_step(self.model, batch, self.family, self.optimizer, self.weighting, [], amp=self.amp,
+                   device=self.device, scaler=self.scaler)
 
 
 def time_steps(step: Callable[[dict[str, Tensor]], None], batch: dict[str, Tensor], warmup: int, steps: int,

@@ -74,8 +74,8 @@ def test_bad_reference_dir_is_a_clear_error(tmp_path):
 
 @pytest.mark.skipif(not os.environ.get("AFANET_REFERENCE"), reason="set AFANET_REFERENCE to the original code")
 def test_reference_side_by_side():
-    report = bench.main(_args("--kinds", "pixel", "--batch-size", "2", "--input-size", "64",
-                              "--reference", os.environ["AFANET_REFERENCE"]))
+    report = bench.main(_args("--kinds", "pixel", "--fusions", "none", "afa", "--batch-size", "2", "--input-size",
+                              "64", "--reference", os.environ["AFANET_REFERENCE"]))
     _check_steps(report, 4)
     speedups = [q for q in report["ratios"] if "speedup" in q]
     assert len(speedups) == 2 and all(q["speedup"] > 0 for q in speedups)
