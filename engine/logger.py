@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,30 @@ class RunLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class _CurrentStdout(logging.StreamHandler):
+    """A handler that writes to whatever sys.stdout is at the time (pytest and tqdm replace it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def setup_console(is_main: bool) -> None:
+    """Console output of the scripts through ``logging``: messages as they are, on stdout, INFO and
+    above on rank 0 (dataset reports such as Adience's dropped rows included), warnings only on the
+    other ranks. Idempotent: one handler per process."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _CurrentStdout) for h in root.handlers):
+        handler = _CurrentStdout()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if is_main else logging.WARNING)
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ SAFE_ON_RESUME: dict[str, str] = {
 # Run control: describes this invocation, never taken from the checkpoint.
 RUN_CONTROL = ("resume", "overwrite")
 
+log = logging.getLogger(__name__)
 ARGS_FILE = "args.json"
 LOG_FILE = "log.jsonl"
 EVENTS_GLOB = "events.out.tfevents.*"
@@ -133,7 +135,7 @@ def resume_run(args: argparse.Namespace, kind: str, explicit: set[str] | None) -
         raise RunError(f"--resume {args.resume}: --epochs {args.epochs} is shorter than the run's "
                        f"{stored['epochs']}; a run can be extended, not shortened (stop it instead)")
     if applied and _is_main():
-        print("resume: applied " + ", ".join(applied), flush=True)
+        log.info("resume: applied " + ", ".join(applied))
     return ck
 
 
@@ -201,7 +203,7 @@ def start_run_folder(args: argparse.Namespace, replaced: list[Path], is_main: bo
     for p in replaced:
         p.unlink(missing_ok=True)
     if replaced:
-        print(f"--overwrite: removed the earlier run's {len(replaced)} files ({', '.join(map(str, replaced))})")
+        log.info(f"--overwrite: removed the earlier run's {len(replaced)} files ({', '.join(map(str, replaced))})")
     write_args(args, args.logdir)
 
 
@@ -223,6 +225,6 @@ def schedule_length(args: argparse.Namespace, iters_per_epoch: int, resume: dict
         def lr(t: int) -> float:
             return args.lr * lr_factor(it, t, args.schedule, args.warmup_iters, step_every=args.step_every)
 
-        print(f"extending the run: --epochs {run_epochs} -> {args.epochs}, {args.schedule} schedule {total} -> "
-              f"{new_total} iterations; base lr at iteration {it}: {lr(total):.4g} -> {lr(new_total):.4g}", flush=True)
+        log.info(f"extending the run: --epochs {run_epochs} -> {args.epochs}, {args.schedule} schedule {total} -> "
+              f"{new_total} iterations; base lr at iteration {it}: {lr(total):.4g} -> {lr(new_total):.4g}")
     return new_total

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -41,13 +43,14 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
-from .logger import RunLogger
+from .logger import RunLogger, setup_console
 from .metrics import validation_score
 from .runs import RunError, check_run_folders, resume_run, schedule_length, start_run_folder
 from .sampler import EpochSampler, SeededDataset
 from .schedule import SCHEDULES, build_scheduler
 from .weighting import DEFAULT_DWA_TEMP, DEFAULT_GRADNORM_ALPHA, WEIGHTINGS, LossWeighting, build_weighting
 
+log = logging.getLogger(__name__)
 BIG = 2 ** 62  # "no non-finite loss seen yet" in the on-device tracker
 
 
@@ -193,7 +196,7 @@ class StopFlag:
         if self.signum:  # a second signal: stop now
             raise KeyboardInterrupt
         self.signum = signum
-        print(f"\nreceived {signal.Signals(signum).name}: saving a resumable checkpoint after this batch", flush=True)
+        log.warning(f"received {signal.Signals(signum).name}: saving a resumable checkpoint after this batch")
 
     def restore(self) -> None:
         for s, h in self._old.items():
@@ -481,7 +484,7 @@ def build_network(args: argparse.Namespace, family: TaskFamily, train_set: Any, 
         report = init_from_stage1(model, load_stage1(args.init, model.config), heads=args.init_heads)
         if dist.is_main:
             what = "trunks and heads" if args.init_heads else "trunks"
-            print(f"init from {args.init}: {len(report['loaded'])} tensors loaded ({what}); "
+            log.info(f"init from {args.init}: {len(report['loaded'])} tensors loaded ({what}); "
                   f"{len(report['kept'])} kept as initialised")
     elif args.pretrained and args.pretrained != "none":
         try:
@@ -494,7 +497,7 @@ def build_network(args: argparse.Namespace, family: TaskFamily, train_set: Any, 
             raise UserError(f"--pretrained imagenet: could not get torchvision's ResNet-50 weights ({e}); "
                             "use --pretrained PATH (a saved state dict) or --pretrained none") from None
         if dist.is_main:
-            print(f"backbones from {args.pretrained}; unused keys: {', '.join(unused) or 'none'}")
+            log.info(f"backbones from {args.pretrained}; unused keys: {', '.join(unused) or 'none'}")
     return model
 
 
@@ -513,6 +516,7 @@ def main_loop(args: argparse.Namespace, family: TaskFamily, explicit: set[str] |
 
     ``explicit``: the dests given on the command line (``runs.parse_with_explicit``); with
     ``--resume`` they are checked against the run's stored settings (engine/runs.py)."""
+    setup_console(is_main=int(os.environ.get("RANK", "0")) == 0)  # torchrun's rank, before any output
     try:
         return _main_loop(args, family, explicit)
     except CheckpointWriteError as e:
@@ -567,7 +571,7 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily, explicit: set[str] 
         raise UserError(f"{args.data_root}: {len(train_ds)} training samples ({per_rank} per process); need at least 2")
     if per_rank < args.batch_size:
         if dist.is_main:
-            print(f"note: {per_rank} training samples per process, fewer than --batch-size {args.batch_size}: "
+            log.info(f"note: {per_rank} training samples per process, fewer than --batch-size {args.batch_size}: "
                   f"using batches of {per_rank}")
         args.batch_size = per_rank
     # drop_last: a last batch of one sample would break BatchNorm in training mode.
@@ -595,7 +599,7 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily, explicit: set[str] 
         state.schedule_total = schedule_total  # --epochs may have extended the run (engine/runs.py)
         restore_rng(resume["rng"])
         if dist.is_main:
-            print(f"resumed {args.resume}: epoch {state.epoch}, iteration {state.iteration}")
+            log.info(f"resumed {args.resume}: epoch {state.epoch}, iteration {state.iteration}")
 
     net: nn.Module = model
     if dist.distributed:
@@ -663,14 +667,13 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily, explicit: set[str] 
             if improved:
                 save(best_path(args.out), model_only=True)
             if dist.is_main:
-                print(epoch_summary(state.epoch, args.epochs, result, metrics, score, improved, time.time() - t0),
-                      flush=True)
+                log.info(epoch_summary(state.epoch, args.epochs, result, metrics, score, improved, time.time() - t0))
             barrier()
     finally:
         stop.restore()
         logger.close()
     if dist.is_main:
-        print(f"done: {args.out} (latest), {best_path(args.out)} (best, score {state.best:.4f})")
+        log.info(f"done: {args.out} (latest), {best_path(args.out)} (best, score {state.best:.4f})")
     return 0
 
 
