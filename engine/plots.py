@@ -11,8 +11,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .logger import read_log  # noqa: E402
+from .metrics import DIRECTION  # noqa: E402
 
-HIGHER_IS_BETTER = ("acc", "miou", "fwiou", "delta1", "delta2", "delta3", "one_off", "score")
+
+def _higher_is_better(key: str) -> bool:
+    """'val/<metric>' by the one table of metric directions (the selection score is higher-better)."""
+    return DIRECTION.get(key.split("/", 1)[1], 1) > 0
 
 
 def curve_panels(keys: list[str]) -> list[tuple[str, list[str], bool]]:
@@ -21,8 +25,8 @@ def curve_panels(keys: list[str]) -> list[tuple[str, list[str], bool]]:
     panels = [
         ("training loss", [k for k in keys if k.startswith("train/loss/")], False),
         ("loss weights", [k for k in keys if k.startswith("train/weight/")], False),
-        ("validation (higher is better)", [k for k in val_keys if k.endswith(HIGHER_IS_BETTER)], False),
-        ("validation errors (lower is better)", [k for k in val_keys if not k.endswith(HIGHER_IS_BETTER)], True),
+        ("validation (higher is better)", [k for k in val_keys if _higher_is_better(k)], False),
+        ("validation errors (lower is better)", [k for k in val_keys if not _higher_is_better(k)], True),
     ]
     return [p for p in panels if p[1]]
 
