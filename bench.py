@@ -47,8 +47,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from engine.losses import image_losses, pixel_losses
-from engine.trainer import TaskFamily, train_step
+from engine.losses import DEPTH_LOSSES
+from engine.tasks import ImageFamily, PixelFamily
+from engine.trainer import train_step
 from engine.weighting import build_weighting
 from models import build_model
 from models.multitask import DEFAULTS, FUSIONS, KINDS
@@ -182,9 +183,9 @@ class TrainStep:
                  device: torch.device, outputs: tuple[str, ...] | None = None) -> None:
         self.model = _DictOutputs(model, outputs) if outputs is not None else model
         self.optimizer, self.amp, self.device = optimizer, amp, device
-        # train_step reads only the family's inputs and losses
-        self.family = TaskFamily(kind, datasets=None, tasks=None, evaluate=None,  # type: ignore[arg-type]
-                                 losses=image_losses if kind == "image" else pixel_losses)
+        # train_step reads only the family's inputs and losses (pixel: the berHu depth loss, the default)
+        family = PixelFamily if kind == "pixel" else ImageFamily
+        self.family = family(argparse.Namespace(depth_loss=DEPTH_LOSSES[0]))
         self.weighting = build_weighting("equal", TASKS[kind]).to(device)
         self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
 

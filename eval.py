@@ -63,6 +63,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+def write_predictions(folder: str, header: list[str], rows: list) -> Path:
+    """FOLDER/predictions.csv: the header, then one row per sample, exactly what the metrics saw."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return out / "predictions.csv"
+
+
 def evaluate_pixel(model_fn, ck: dict, args: argparse.Namespace, device: torch.device):
     size = ck["model_config"]["input_size"]
     dataset = NYUv2(args.data_root, "test", transform=PixelEvalTransform(size))
@@ -109,12 +120,7 @@ def evaluate_image(model_fn, ck: dict, args: argparse.Namespace, device: torch.d
         meter.update(gender, g_true, age, a_true)
         rows += zip(batch["path"], g_true.tolist(), gender.tolist(), a_true.tolist(), age.tolist())
     if args.save_predictions:
-        out = Path(args.save_predictions)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "predictions.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "gender_true", "gender_pred", "age_true", "age_pred"])
-            w.writerows(rows)
+        write_predictions(args.save_predictions, ["path", "gender_true", "gender_pred", "age_true", "age_pred"], rows)
     if args.plot:
         cm = meter.age_confusion.cpu().numpy()
         print(f"wrote {plot_confusion(cm, list(AGE_GROUPS), Path(args.plot) / 'age_confusion.png')}")
@@ -129,13 +135,9 @@ def evaluate_series(model_fn, ck: dict, args: argparse.Namespace, device: torch.
     loader = DataLoader(dataset, batch_size=args.batch_size or 32, num_workers=args.workers)
     meter = SeriesMeter()
     metrics = series_evaluate(model_fn, loader, device, args.limit_batches, meter=meter)
-    if args.save_predictions:
-        out = Path(args.save_predictions)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "predictions.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["series", "i", "j", "p", "prob_i"])
-            w.writerows((s, i, j, repr(p), repr(q)) for s, i, j, p, q in meter.rows)  # repr: exact round trip
+    if args.save_predictions:  # repr: floats that read back exactly
+        write_predictions(args.save_predictions, ["series", "i", "j", "p", "prob_i"],
+                          [(s, i, j, repr(p), repr(q)) for s, i, j, p, q in meter.rows])
     print(f"Phototriage test: {len(meter.rows)} labelled pairs ({dataset.ties} ties left out), "
           f"{len({r[0] for r in meter.rows})} series")
     return metrics

@@ -159,6 +159,10 @@ def train_command(run: Run, data_root: Path, extra: list[str], torchrun: int = 0
         cmd += ["--init", str(run.init)]
     if run.status == "interrupted":
         cmd += ["--resume", str(run.last)]
+    elif run.dir.is_dir() and any(run.dir.iterdir()):
+        # An attempt that stopped before its first checkpoint (a crash, a non-finite loss in epoch 1)
+        # left only logs: nothing to resume, so the new attempt replaces them.
+        cmd += ["--overwrite"]
     return cmd + list(extra)
 
 

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from engine import runs, trainer
-from engine.tasks import image_evaluate, image_family
+from engine.tasks import ImageFamily, image_evaluate
 
 # The original image recipe: lr 0.001, weight decay 5e-4, batch 32, 50 epochs, x0.1 steps
 # (here a poly schedule by default; --schedule step --step-every N reproduces the steps).
@@ -37,7 +37,7 @@ def main(args: argparse.Namespace, explicit: set[str] | None = None) -> int:
     settings whose value differs from the default."""
     if explicit is None:
         explicit = runs.explicit_by_default(args, get_args_parser())
-    return trainer.main_loop(args, image_family(args), explicit)
+    return trainer.main_loop(args, ImageFamily(args), explicit)
 
 
 if __name__ == "__main__":

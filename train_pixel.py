@@ -14,7 +14,7 @@ import sys
 
 from engine import runs, trainer
 from engine.losses import DEPTH_LOSSES
-from engine.tasks import pixel_evaluate, pixel_family
+from engine.tasks import PixelFamily, pixel_evaluate
 
 # The recipe's defaults (SGD momentum 0.9, poly schedule; ASPP and decoders at 10x the backbone rate).
 DEFAULTS = dict(crop_size=300, epochs=60, batch_size=8, lr=0.007, weight_decay=1e-4, schedule="poly")
@@ -36,7 +36,7 @@ def main(args: argparse.Namespace, explicit: set[str] | None = None) -> int:
     settings whose value differs from the default."""
     if explicit is None:
         explicit = runs.explicit_by_default(args, get_args_parser())
-    return trainer.main_loop(args, pixel_family(args), explicit)
+    return trainer.main_loop(args, PixelFamily(args), explicit)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from engine import trainer
-from engine.series import series_evaluate, series_family
+from engine.series import SeriesFamily, series_evaluate
 from models.series import SERIES_FUSIONS
 
 # The original recipe (train_pau.py): SGD momentum 0.9, weight decay 5e-4, lr 1e-5 (x10 on the
@@ -53,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
     tag = args.fusion + ("_shared" if args.shared_units else "")
     args.out = args.out or f"weight/series_{tag}_last.pth"
     args.logdir = args.logdir or f"runs/series_{tag}"
-    return trainer.main_loop(args, series_family(args))
+    return trainer.main_loop(args, SeriesFamily(args))
 
 
 if __name__ == "__main__":

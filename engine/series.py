@@ -32,19 +32,6 @@ def series_datasets(args: argparse.Namespace):
             PairEvalTransform(args.crop_size))
 
 
-def series_losses(out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
-    return {"pair": F.cross_entropy(out["pair"].float(), batch["target"])}
-
-
-def series_inputs(batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-    return batch["a"], batch["b"]
-
-
-def series_config(args: argparse.Namespace, train: Any) -> dict[str, Any]:
-    return SeriesConfig(fusion=args.fusion, input_size=args.crop_size, shared_units=args.shared_units,
-                        symmetric=args.symmetric).to_dict()
-
-
 @torch.no_grad()
 def predict_series(model_fn: PairModelFn, loader: Iterable, device: torch.device,
                    limit: int | None = None) -> Iterator[tuple[dict[str, Any], Tensor]]:
@@ -65,13 +52,27 @@ def series_evaluate(model_fn: PairModelFn, loader: Iterable, device: torch.devic
     return meter.compute()
 
 
-def series_family(args: argparse.Namespace) -> TaskFamily:
-    return TaskFamily(
-        kind="series",
-        datasets=series_datasets,
-        tasks=lambda train: {"pair": 2},
-        losses=series_losses,
-        evaluate=series_evaluate,
-        inputs=series_inputs,
-        config=series_config,
-    )
+class SeriesFamily(TaskFamily):
+    """Phototriage: one task, 'pair' (2 logits: which photo is preferred), on pairs of photos."""
+
+    kind = "series"
+
+    def datasets(self):
+        return series_datasets(self.args)
+
+    def tasks(self, train) -> dict[str, int]:
+        return {"pair": 2}
+
+    def losses(self, out, batch):
+        return {"pair": F.cross_entropy(out["pair"].float(), batch["target"])}
+
+    def evaluate(self, model_fn, loader, device, limit, panels=None):
+        return series_evaluate(model_fn, loader, device, limit, panels)
+
+    def inputs(self, batch) -> tuple[Tensor, Tensor]:
+        return batch["a"], batch["b"]
+
+    def config(self, train) -> dict[str, Any]:
+        a = self.args
+        return SeriesConfig(fusion=a.fusion, input_size=a.crop_size, shared_units=a.shared_units,
+                            symmetric=a.symmetric).to_dict()

@@ -90,22 +90,24 @@ def pixel_evaluate(model_fn: ModelFn, loader: Iterable, device: torch.device, li
     return meter.compute()
 
 
-def pixel_family(args: argparse.Namespace) -> TaskFamily:
-    num_classes: dict[str, int] = {}
+class PixelFamily(TaskFamily):
+    """NYUv2: segmentation (the dataset's classes) and depth, DeepLabv3+ networks."""
 
-    def datasets(a):
-        train, val, tf, ef = pixel_datasets(a)
-        num_classes["seg"] = train.num_classes
+    kind = "pixel"
+
+    def datasets(self):
+        train, val, tf, ef = pixel_datasets(self.args)
+        self.num_classes = train.num_classes
         return train, val, tf, ef
 
-    return TaskFamily(
-        kind="pixel",
-        datasets=datasets,
-        tasks=lambda train: {"seg": train.num_classes, "depth": 1},
-        losses=lambda out, batch: pixel_losses(out, batch, args.depth_loss),
-        evaluate=lambda fn, loader, device, limit, panels=None: pixel_evaluate(
-            fn, loader, device, limit, num_classes["seg"], args.crop_size, panels),
-    )
+    def tasks(self, train) -> dict[str, int]:
+        return {"seg": train.num_classes, "depth": 1}
+
+    def losses(self, out, batch):
+        return pixel_losses(out, batch, self.args.depth_loss)
+
+    def evaluate(self, model_fn, loader, device, limit, panels=None):
+        return pixel_evaluate(model_fn, loader, device, limit, self.num_classes, self.args.crop_size, panels)
 
 
 # -- image tasks (Adience) -------------------------------------------------------------------
@@ -139,11 +141,19 @@ def image_evaluate(model_fn: ModelFn, loader: Iterable, device: torch.device, li
     return meter.compute()
 
 
-def image_family(args: argparse.Namespace) -> TaskFamily:
-    return TaskFamily(
-        kind="image",
-        datasets=image_datasets,
-        tasks=lambda train: {"gender": 2, "age": 8},
-        losses=image_losses,
-        evaluate=image_evaluate,
-    )
+class ImageFamily(TaskFamily):
+    """Adience: gender (2) and age group (8), ResNet-50 networks, one test fold per run."""
+
+    kind = "image"
+
+    def datasets(self):
+        return image_datasets(self.args)
+
+    def tasks(self, train) -> dict[str, int]:
+        return {"gender": 2, "age": 8}
+
+    def losses(self, out, batch):
+        return image_losses(out, batch)
+
+    def evaluate(self, model_fn, loader, device, limit, panels=None):
+        return image_evaluate(model_fn, loader, device, limit, panels)

@@ -62,27 +62,46 @@ class NonFiniteLoss(Exception):
     pass
 
 
-@dataclass
 class TaskFamily:
-    """What a training script plugs into the loop.
+    """What a training script plugs into the loop: one subclass per family (engine/tasks.py,
+    engine/series.py), built from the script's parsed arguments.
 
-    kind: 'image' or 'pixel'.
-    datasets(args) -> (train, val, train_transform, eval_transform): raw-sample datasets.
-    tasks(train) -> {task: output channels} for the model.
-    losses(out, batch) -> {task: scalar loss}.
-    evaluate(model_fn, loader, device, limit, panels) -> pooled metrics (reduced over ranks); when
-        ``panels`` is a list, example pictures (H, W, 3) of the first samples are appended to it.
-    inputs(batch) -> the model's positional inputs (default: the image alone).
-    config(args, train) -> the model_config dict of a new run (default: a ModelConfig from the flags).
+    ``kind`` names the family ('pixel', 'image', 'series'); ``tasks`` are its task names.
     """
 
-    kind: str
-    datasets: Callable[[argparse.Namespace], tuple[Dataset, Dataset, Callable, Callable]]
-    tasks: Callable[[Any], dict[str, int]]
-    losses: Callable[[dict[str, Tensor], dict[str, Any]], dict[str, Tensor]]
-    evaluate: Callable[..., dict[str, float]]
-    inputs: Callable[[dict[str, Any]], tuple[Tensor, ...]] = lambda batch: (batch["image"],)
-    config: Callable[[argparse.Namespace, Any], dict[str, Any]] | None = None
+    kind: str = ""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+
+    def datasets(self) -> tuple[Dataset, Dataset, Callable, Callable]:
+        """(train, val, train_transform, eval_transform): raw-sample datasets and their transforms."""
+        raise NotImplementedError
+
+    def tasks(self, train: Dataset) -> dict[str, int]:
+        """{task: output channels} of the model, which may depend on the data (NYUv2's classes)."""
+        raise NotImplementedError
+
+    def losses(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
+        """{task: scalar loss} of a batch (unweighted; the loss weighting combines them)."""
+        raise NotImplementedError
+
+    def evaluate(self, model_fn: Callable[..., dict[str, Tensor]], loader: Iterable, device: torch.device,
+                 limit: int | None, panels: list[np.ndarray] | None = None) -> dict[str, float]:
+        """Pooled metrics (reduced over ranks); when ``panels`` is a list, example pictures (H, W, 3)
+        of the first samples are appended to it."""
+        raise NotImplementedError
+
+    def inputs(self, batch: dict[str, Any]) -> tuple[Tensor, ...]:
+        """The model's positional inputs: the image."""
+        return (batch["image"],)
+
+    def config(self, train: Dataset) -> dict[str, Any]:
+        """The model_config of a new run: a two-task network (models.ModelConfig) from the flags."""
+        a = self.args
+        return ModelConfig(kind=self.kind, fusion=a.fusion, grad_mode=a.grad_mode, tasks=self.tasks(train),
+                           input_size=a.crop_size, tau=a.tau, protect_tasks=a.protect_tasks, fusion_at=a.fusion_at,
+                           fusion_init=a.fusion_init, **({"depths": a.depths} if a.depths else {})).to_dict()
 
 
 def common_args(parser: argparse.ArgumentParser, kind: str, defaults: dict[str, Any]) -> argparse.ArgumentParser:
@@ -470,10 +489,7 @@ def build_network(args: argparse.Namespace, family: TaskFamily, train_set: Any, 
     if resume is not None:
         return model_from_config(resume["model_config"])
     try:
-        config = family.config(args, train_set) if family.config else ModelConfig(
-            kind=family.kind, fusion=args.fusion, grad_mode=args.grad_mode, tasks=family.tasks(train_set),
-            input_size=args.crop_size, tau=args.tau, protect_tasks=args.protect_tasks, fusion_at=args.fusion_at,
-            fusion_init=args.fusion_init, **({"depths": args.depths} if args.depths else {})).to_dict()
+        config = family.config(train_set)
     except ValueError as e:
         raise UserError(str(e)) from None
     model = model_from_config(config)
@@ -552,7 +568,7 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily, explicit: set[str] 
     if resume is not None and "train_state" not in resume:
         raise UserError(f"--resume {args.resume}: written by an older version of this project (no train_state); "
                         "start a new run")
-    train_set, val_set, train_tf, eval_tf = family.datasets(args)
+    train_set, val_set, train_tf, eval_tf = family.datasets()
     model = build_network(args, family, train_set, resume, dist)
     model.to(dist.device)
     if args.channels_last:

@@ -10,26 +10,11 @@ import torch
 
 import train_image
 import train_pixel
-from data.prepare_nyuv2 import prepare_nyuv2
-from data.synthetic import write_adience, write_nyuv2
 from engine import trainer
 from engine.checkpoint import load_checkpoint
 from engine.logger import read_log
 
 TINY = ["--depths", "1", "1", "1", "3"]
-
-
-@pytest.fixture(scope="module")
-def adience(tmp_path_factory):
-    return write_adience(tmp_path_factory.mktemp("adience"), per_fold=14, size=48)
-
-
-@pytest.fixture(scope="module")
-def nyu(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nyu")
-    write_nyuv2(root / "raw", n=12, frame_size=(64, 80))
-    return prepare_nyuv2(root / "raw" / "nyu_depth_v2_labeled.mat", root / "raw" / "splits.mat", root / "prepared",
-                         progress=False)
 
 
 def image(adience, run, *extra):

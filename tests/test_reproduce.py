@@ -106,6 +106,18 @@ def test_finished_runs_are_skipped_and_interrupted_runs_resumed(tmp_path, capsys
     assert flag(train, "--out") == str(single / "checkpoint_last.pth")
 
 
+def test_an_attempt_without_a_checkpoint_is_replaced(tmp_path, capsys):
+    out = tmp_path / "out"
+    failed = out / "adience" / "none" / "fold2_seed0"
+    failed.mkdir(parents=True)
+    (failed / "args.json").write_text("{}")  # stopped before its first checkpoint: logs only
+    code, lines, err = dry_run(capsys, "adience", "--data-root", str(tmp_path), "--out", str(out), "--methods",
+                               "none", "--folds", "2")
+    assert code == 0 and "1 to train" in err
+    train = shlex.split(lines[0][0])
+    assert "--overwrite" in train and "--resume" not in train
+
+
 def test_a_failing_run_stops_the_protocol_with_its_exit_code(tmp_path, capsys, monkeypatch):
     calls = []
     monkeypatch.setattr(reproduce, "execute", lambda cmd: calls.append(cmd) or 3)

@@ -8,18 +8,10 @@ import hashlib
 import json
 from pathlib import Path
 
-import pytest
-
 import train_image
-from data.synthetic import write_adience
 from engine.checkpoint import load_checkpoint
 from engine.logger import read_log
 from engine.runs import SAFE_ON_RESUME, parse_with_explicit
-
-
-@pytest.fixture(scope="module")
-def adience(tmp_path_factory):
-    return write_adience(tmp_path_factory.mktemp("adience"), per_fold=14, size=48)
 
 
 def argv(adience, tmp: Path, *extra: str) -> list[str]:

@@ -21,8 +21,6 @@ import torch
 import eval as eval_script
 import train_image
 import train_pixel
-from data.prepare_nyuv2 import prepare_nyuv2
-from data.synthetic import write_adience, write_nyuv2
 from engine import trainer
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.metrics import ImageMeter, PixelMeter, multitask_delta
@@ -33,19 +31,6 @@ PIXEL_KEYS = ["seg/miou", "seg/pixel_acc", "seg/mean_class_acc", "seg/fwiou", "d
               "depth/delta3"]
 IMAGE_KEYS = ["gender/acc", "age/acc", "age/one_off"]
 TINY = ["1", "1", "1", "3"]
-
-
-@pytest.fixture(scope="module")
-def nyu(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nyu")
-    write_nyuv2(root / "raw", n=12, frame_size=(64, 80))
-    return prepare_nyuv2(root / "raw" / "nyu_depth_v2_labeled.mat", root / "raw" / "splits.mat", root / "prepared",
-                         progress=False)
-
-
-@pytest.fixture(scope="module")
-def adience(tmp_path_factory):
-    return write_adience(tmp_path_factory.mktemp("adience"), per_fold=14, size=48)
 
 
 def pixel_args(nyu, tmp, *extra):

@@ -1,22 +1,23 @@
-"""The CPU demo behind `make demo`: the whole pipeline on synthetic data in the official formats.
+"""The CPU demo behind `make demo`: the paper's protocol (reproduce.py) at toy scale on synthetic data.
 
-1. writes a synthetic NYUv2 (nyu_depth_v2_labeled.mat + splits.mat) and Adience (fold files +
-   aligned faces) set, and prepares NYUv2 with data.prepare_nyuv2;
-2. trains stage 1 (single-task pair, --fusion none) and stage 2 (AFA, --init stage 1) for the
-   pixel and the image tasks with the real training scripts;
-3. evaluates all four checkpoints with eval.py (JSON + PNG plots) and prints them beside the
-   majority-class baseline (predict the most frequent training class / the mean training depth);
-4. series photo selection: a synthetic Phototriage, a few epochs of the Siamese network with
-   train_series.py, eval.py on the test pairs, pairwise accuracy beside the 50 % of chance.
+1. writes synthetic NYUv2 (nyu_depth_v2_labeled.mat + splits.mat, then data.prepare_nyuv2),
+   Adience (fold files + aligned faces) and Phototriage (pair lists + photo series) sets in the
+   official formats;
+2. runs ``reproduce.py run`` for each family with every method: NYUv2 and Adience (fold 0)
+   stage 1 (single-task pair), hard sharing, and cross-stitch, NDDR and AFA from stage 1;
+   Phototriage the Siamese and PAU networks; each run evaluated on the test split with eval.py;
+3. prints ``reproduce.py report`` for each family (mean over runs, the multi-task delta against
+   the single-task run) and the majority-class / chance baselines.
 
-Networks start from random weights (no download) and use small crops so that all of this fits
-in about 10 minutes on 2 CPU cores; the numbers show the pipeline learns, not paper results.
+Networks are the real ResNet-50s from random weights (no download), at small crops and a few
+dozen iterations, so that everything fits in about 15 minutes on 2 CPU cores: the numbers show the
+pipeline runs end to end and learns a little, not paper results. Running it again trains nothing
+(finished runs are skipped) and prints the tables; delete the folder to start over.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -32,15 +33,21 @@ from data import Adience, NYUv2, Phototriage, adience_protocol  # noqa: E402
 from engine.metrics import ImageMeter, PixelMeter  # noqa: E402
 
 # Small crops, bf16 autocast with channels_last (about 2x fp32 on a CPU with bf16 support), and
-# precise BN (from-scratch nets with batches of 4 otherwise validate with stale BN statistics).
-FAST = ["--workers", "2", "--device", "cpu", "--amp", "bf16", "--channels-last", "--precise-bn", "4"]
-PIXEL = ["--crop-size", "128", "--batch-size", "4", "--lr", "0.01", "--val-fraction", "0.05", *FAST]
-IMAGE = ["--crop-size", "64", "--batch-size", "16", "--lr", "0.01", "--test-fold", "0", *FAST]
-# Series: the Siamese net (the PAU descriptors are cubic in the features: from random weights
-# they overflow at a demo's learning rate, loss ~1e27 in the first epoch); the original's 10x on
-# the head makes the loss swing, so the head learns at the base rate here; pair swaps double the labels.
-SERIES = ["--fusion", "siamese", "--crop-size", "32", "--batch-size", "16", "--lr", "0.002", "--lr-mult",
-          '{"head": 1}', "--swap-p", "0.5", "--schedule", "poly", *FAST]
+# precise BN (from-scratch nets with small batches otherwise validate with stale BN statistics).
+# Stage 2 fine-tunes the whole stage-1 network (--init-heads): with minutes of CPU the heads cannot
+# be relearnt from scratch as the paper's recipe (trunks only) does on GPUs; runs without --init
+# ignore the flag.
+FAST = ["--workers", "2", "--device", "cpu", "--amp", "bf16", "--channels-last", "--precise-bn", "2",
+        "--pretrained", "none", "--init-heads"]
+PIXEL = ["--crop-size", "96", "--batch-size", "4", "--lr", "0.01", "--val-fraction", "0.05", *FAST]
+IMAGE = ["--crop-size", "64", "--batch-size", "16", "--lr", "0.01", *FAST]
+# Series: the original's 10x on the head makes the loss swing, so the head learns at the base rate
+# here; pair swaps double the labels. PAU's descriptors are products of features (gates and cells
+# without a sigmoid): from random weights they diverge at the Siamese net's rate (a non-finite loss
+# within 2 epochs at 5e-4 and 1e-4), so PAU trains at the original recipe's 1e-5.
+SERIES = ["--crop-size", "32", "--batch-size", "16", "--lr", "0.0005", "--lr-mult", '{"head": 1}', "--swap-p", "0.5",
+          "--schedule", "poly", *FAST]
+PAU_LR = ["--lr", "0.00001"]
 
 
 def run(cmd: list[str]) -> None:
@@ -90,73 +97,52 @@ def series_chance(root: Path) -> dict[str, float]:
     return {"pair/acc": 0.5, "pair/acc_agree": 0.5, "series/top1": top1}
 
 
-def series_stage(out: Path, epochs: int) -> dict[str, float]:
-    """Synthetic Phototriage, train_series.py (Siamese), eval.py on the test pairs; returns the metrics."""
-    root, res = out / "data" / "phototriage", out / "results"
-    if not (root / "test" / "test_pairlist.txt").is_file():
-        run(["-m", "data.synthetic_series", "--out", str(root), "--series", "48", "8", "16", "--size", "40"])
-    run(["train_series.py", "--data-root", str(root), *SERIES, "--pretrained", "none", "--epochs", str(epochs),
-         "--out", str(out / "weight" / "series_siamese_last.pth"), "--logdir", str(out / "runs" / "series_siamese")])
-    run(["eval.py", "--checkpoint", str(out / "weight" / "series_siamese_best.pth"), "--data-root", str(root),
-         "--device", "cpu", "--workers", "2", "--json", str(res / "series_siamese.json"),
-         "--save-predictions", str(res / "series_siamese")])
-    return json.loads((res / "series_siamese.json").read_text())
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="demo", help="folder for data, checkpoints, runs, results and plots")
-    p.add_argument("--pixel-epochs", type=int, default=12, help="stage 1; stage 2 runs half as many")
-    p.add_argument("--image-epochs", type=int, default=8, help="stage 1; stage 2 runs half as many")
-    p.add_argument("--series-epochs", type=int, default=8, help="series photo selection (Siamese)")
+    p.add_argument("--out", default="demo", help="folder for data and the protocol's runs (OUT/results/<family>)")
+    p.add_argument("--pixel-epochs", type=int, default=3, help="epochs of every NYUv2 run")
+    p.add_argument("--image-epochs", type=int, default=3, help="epochs of every Adience run")
+    p.add_argument("--series-epochs", type=int, default=4, help="epochs of every Phototriage run")
+    p.add_argument("--limit-batches", type=int, default=8, help="batches per epoch (and per validation)")
     args = p.parse_args()
     out = (REPO / args.out).resolve()
     t0 = time.time()
-    nyu_raw, nyu, adience = out / "data" / "nyuv2_official", out / "data" / "nyuv2_prepared", out / "data" / "adience"
+    data = out / "data"
+    nyu_raw, nyu = data / "nyuv2_official", data / "nyuv2_prepared"
+    adience, photo = data / "adience", data / "phototriage"
     if not (nyu / "meta.json").is_file():
         run(["-m", "data.synthetic", "nyuv2", "--out", str(nyu_raw), "--n", "48", "--train-fraction", "0.75"])
         run(["-m", "data.prepare_nyuv2", "--mat", str(nyu_raw / "nyu_depth_v2_labeled.mat"),
              "--splits", str(nyu_raw / "splits.mat"), "--out", str(nyu)])
     if not (adience / "fold_4_data.txt").is_file():
         run(["-m", "data.synthetic", "adience", "--out", str(adience), "--size", "96"])
+    if not (photo / "test" / "test_pairlist.txt").is_file():
+        run(["-m", "data.synthetic_series", "--out", str(photo), "--series", "48", "8", "16", "--size", "40"])
 
-    w, runs, res = out / "weight", out / "runs", out / "results"
+    res = out / "results"
+    limit = ["--limit-batches", str(args.limit_batches)]
     plan = [
-        ("train_pixel.py", nyu, PIXEL, args.pixel_epochs, "pixel"),
-        ("train_image.py", adience, IMAGE, args.image_epochs, "image"),
+        ("nyuv2", nyu, [], [*PIXEL, *limit, "--epochs", str(args.pixel_epochs)]),
+        ("adience", adience, ["--folds", "0"], [*IMAGE, *limit, "--epochs", str(args.image_epochs)]),
+        ("series", photo, ["--methods", "siamese"], [*SERIES, *limit, "--epochs", str(args.series_epochs)]),
+        ("series", photo, ["--methods", "pau"], [*SERIES, *PAU_LR, *limit, "--epochs", str(args.series_epochs)]),
     ]
-    for script, root, opts, epochs, kind in plan:
-        # --overwrite: the demo owns its folder, so running it again replaces its earlier runs.
-        common = [script, "--data-root", str(root), *opts, "--pretrained", "none", "--overwrite"]
-        run([*common, "--fusion", "none", "--epochs", str(epochs), "--out", str(w / f"{kind}_single_last.pth"),
-             "--logdir", str(runs / f"{kind}_single")])
-        # Stage 2 fine-tunes the whole stage-1 network (--init-heads): with minutes of CPU the heads
-        # cannot be relearnt from scratch as the paper's recipe (trunks only) does on GPUs.
-        run([*common, "--fusion", "afa", "--epochs", str(max(epochs // 2, 1)), "--init-heads", "--init",
-             str(w / f"{kind}_single_best.pth"), "--out", str(w / f"{kind}_afa_last.pth"),
-             "--logdir", str(runs / f"{kind}_afa")])
-        for stage in ("single", "afa"):
-            extra = ["--baseline", str(res / f"{kind}_single.json")] if stage == "afa" else []
-            run(["eval.py", "--checkpoint", str(w / f"{kind}_{stage}_best.pth"), "--data-root", str(root),
-                 "--device", "cpu", "--workers", "2", "--json", str(res / f"{kind}_{stage}.json"),
-                 "--plot", str(res / "plots" / f"{kind}_{stage}"), *extra])
+    for family, root, opts, flags in plan:
+        run(["reproduce.py", "run", family, "--data-root", str(root), "--out", str(res), "--seeds", "0", *opts,
+             "--", *flags])
 
-    def load(name: str) -> dict[str, float]:
-        return json.loads((res / f"{name}.json").read_text())
-
-    pixel_rows = {"majority baseline": pixel_baseline(nyu), "single-task (stage 1)": load("pixel_single"),
-                  "AFA (stage 2)": load("pixel_afa")}
-    image_rows = {"majority baseline": image_baseline(adience, 0), "single-task (stage 1)": load("image_single"),
-                  "AFA (stage 2)": load("image_afa")}
-    print("\n== NYUv2 (synthetic, test split) ==")
-    print(table(pixel_rows, ["seg/pixel_acc", "seg/miou", "depth/rmse", "depth/delta1"]))
-    print("\n== Adience (synthetic, test fold 0) ==")
-    print(table(image_rows, ["gender/acc", "age/acc", "age/one_off"]))
-    series = series_stage(out, args.series_epochs)
-    print("\n== Phototriage (synthetic, test pairs) ==")
-    print(table({"chance": series_chance(out / "data" / "phototriage"), "Siamese": series},
-                ["pair/acc", "pair/acc_agree", "series/top1"]))
-    print(f"\nTensorBoard: tensorboard --logdir {runs}\nplots: {res / 'plots'}\n"
+    baselines = {
+        "nyuv2": (pixel_baseline(nyu), ["seg/pixel_acc", "seg/miou", "depth/rmse", "depth/delta1"]),
+        "adience": (image_baseline(adience, 0), ["gender/acc", "age/acc", "age/one_off"]),
+        "series": (series_chance(photo), ["pair/acc", "pair/acc_agree", "series/top1"]),
+    }
+    for family, (base, keys) in baselines.items():
+        print(f"\n== {family} (synthetic, test split{' fold 0' if family == 'adience' else ''}) ==", flush=True)
+        subprocess.run([sys.executable, "reproduce.py", "report", str(res / family), "--plot",
+                        str(res / f"{family}_delta.png")], cwd=REPO, check=True)
+        name = "majority baseline" if family != "series" else "chance"
+        print(table({name: base}, keys))
+    print(f"\nTensorBoard: tensorboard --logdir {res}\nruns, eval.json and plots: {res}\n"
           f"total {time.time() - t0:.0f} s")
     return 0
 
