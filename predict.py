@@ -21,12 +21,17 @@ size exactly as eval.py (so a test frame saved as PNG gives eval.py --save-predi
 Image checkpoints (Adience gender + age): OUT/predictions.csv with path, gender_pred, gender_prob,
 age_pred (the Adience group label, e.g. "(25, 32)"), age_prob. The network was trained on Adience's
 aligned faces: give it face crops aligned the same way (centred, upright, the face filling the image).
+
+Series checkpoints (photo selection): every folder holding inputs is one series (near-duplicate shots
+of one scene); each pair of its photos goes through the network once, and OUT/ranking.csv lists
+folder, path, rank (1 = the photo the model prefers: most pairwise wins) and wins.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -40,7 +45,8 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
 from data.errors import DataError
-from data.transforms import ImageEvalTransform, PixelEvalTransform
+from data.phototriage import fix_scale_crop
+from data.transforms import ImageEvalTransform, PixelEvalTransform, normalize
 from engine.checkpoint import CheckpointError
 from engine.distributed import resolve_device
 from engine.inference import IMAGE_SUFFIXES, UnreadableImage, find_inputs, load_model, read_image
@@ -185,10 +191,41 @@ def predict_images(model_fn: ModelFn, info: dict[str, Any], reader: Reader, args
         w.writerows(rows)
 
 
-# One predictor per task family, keyed by the checkpoint's model_config['kind']. The series family
-# (photo ranking) plugs in here once it exists: 'series': predict_series, treating each input folder
-# as one series and writing OUT/ranking.csv (folder, path, rank, wins).
-PREDICTORS: dict[str, Callable[..., None]] = {"pixel": predict_pixels, "image": predict_images}
+def predict_series(model_fn: ModelFn, info: dict[str, Any], reader: Reader, args: argparse.Namespace,
+                   device: torch.device) -> None:
+    """Each folder holding inputs is one series: every pair (i, j) of its photos goes through the
+    network once, as (a, b) = (i, j); the photo preferred in more pairs ranks higher (ties: the larger
+    summed probability of being preferred, then the path). OUT/ranking.csv: folder, path, rank, wins."""
+    size = info["preprocessing"]["center_crop"]
+    series: dict[Path, list[tuple[Path, torch.Tensor]]] = {}
+    for path, image in reader:
+        series.setdefault(path.parent, []).append((path, normalize(fix_scale_crop(image, size))))
+    rows: list[list[Any]] = []
+    for folder, photos in series.items():
+        wins, score = [0] * len(photos), [0.0] * len(photos)
+        pairs = list(itertools.combinations(range(len(photos)), 2))
+        for start in range(0, len(pairs), args.batch_size):
+            chunk = pairs[start:start + args.batch_size]
+            a = torch.stack([photos[i][1] for i, _ in chunk]).to(device)
+            b = torch.stack([photos[j][1] for _, j in chunk]).to(device)
+            with torch.no_grad():
+                prob_i = model_fn(a, b)["pair"].double().softmax(1)[:, 0].tolist()
+            for (i, j), q in zip(chunk, prob_i):
+                wins[i if q > 0.5 else j] += 1
+                score[i], score[j] = score[i] + q, score[j] + 1 - q
+        order = sorted(range(len(photos)), key=lambda k: (-wins[k], -score[k], str(photos[k][0])))
+        rows += [[str(folder), str(photos[k][0]), rank, wins[k]] for rank, k in enumerate(order, start=1)]
+    if not rows:
+        return
+    with open(Path(args.out) / "ranking.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["folder", "path", "rank", "wins"])
+        w.writerows(rows)
+
+
+# One predictor per task family, keyed by the checkpoint's model_config['kind'].
+PREDICTORS: dict[str, Callable[..., None]] = {"pixel": predict_pixels, "image": predict_images,
+                                               "series": predict_series}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -207,9 +244,9 @@ def main(args: argparse.Namespace) -> int:
                             f"{' '.join(IMAGE_SUFFIXES)})")
         Path(args.out).mkdir(parents=True, exist_ok=True)
 
-        def model_fn(x: torch.Tensor) -> dict[str, torch.Tensor]:  # as eval.py's
+        def model_fn(*xs: torch.Tensor) -> dict[str, torch.Tensor]:  # as eval.py's
             with autocast(device, args.amp):
-                return {k: v.float() for k, v in model(x).items()}
+                return {k: v.float() for k, v in model(*xs).items()}
 
         reader = Reader(files)
         PREDICTORS[kind](model_fn, info, reader, args, device)

@@ -46,7 +46,7 @@ def task_labels(model_config: Mapping[str, Any]) -> dict[str, list[str]]:
     (NYUv2 40 / 13 classes, Adience genders and age groups); other tasks get 'class_<k>'."""
     known = {"seg": (CLASS_NAMES_40, CLASS_NAMES_13), "gender": (GENDERS,), "age": (AGE_GROUPS,)}
     labels: dict[str, list[str]] = {}
-    for task, channels in model_config["tasks"].items():
+    for task, channels in model_config.get("tasks", {}).items():  # series nets: one 'pair' output, no table
         if task == "depth":  # a regression output in metres, no classes
             continue
         tables = [t for t in known.get(task, ()) if len(t) == channels]
@@ -59,7 +59,10 @@ def preprocessing(model_config: Mapping[str, Any]) -> dict[str, Any]:
     size = int(model_config["input_size"])
     pre: dict[str, Any] = {"input_size": size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                            "scale": "RGB uint8 / 255, then (x - mean) / std"}
-    if model_config["kind"] == "pixel":
+    if model_config["kind"] == "series":  # as data.phototriage.PairEvalTransform
+        pre["resize_shorter_side"] = size
+        pre["center_crop"] = size
+    elif model_config["kind"] == "pixel":
         pre["windows"] = (f"the full image is covered by {size} x {size} windows (stride {2 * size // 3}) and "
                           "every output is averaged over the windows covering a pixel (data/transforms.py)")
     else:

@@ -251,3 +251,54 @@ def test_user_errors_are_one_line_exit_2(pixel_ckpt, tmp_path, capsys):
     assert "no image files" in capsys.readouterr().err
     assert export_main([str(tmp_path / "empty"), str(tmp_path / "x")]) == 2
     assert "expected a checkpoint file" in capsys.readouterr().err
+
+
+def test_series_folders_are_ranked_by_pairwise_wins(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("series", "siamese", input_size=32).eval()
+    with torch.no_grad():  # a head that reads the features, so that photos differ in preference
+        model.fc.weight.normal_(0, 1.0)
+    ck = tmp_path / "series.pth"
+    save_checkpoint({"model": model.state_dict(), "model_config": model.config.to_dict(), "kind": "series",
+                     "args": {}}, ck)
+    rng = np.random.default_rng(0)
+    folders = {}
+    for name, n in (("scene1", 3), ("scene2", 2)):
+        d = tmp_path / "in" / name
+        d.mkdir(parents=True)
+        folders[name] = [write_png(d / f"{k}.png", rng.integers(0, 256, (40 + 8 * k, 48, 3), dtype=np.uint8))
+                         for k in range(n)]
+    assert run("--checkpoint", str(ck), "--out", str(tmp_path / "out"), str(tmp_path / "in")) == 0
+    with open(tmp_path / "out" / "ranking.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["folder", "path", "rank", "wins"]
+    for name, paths in folders.items():
+        mine = [r for r in rows if Path(r["folder"]).name == name]
+        assert sorted(r["path"] for r in mine) == sorted(map(str, paths))
+        assert [int(r["rank"]) for r in mine] == list(range(1, len(paths) + 1))
+        assert sum(int(r["wins"]) for r in mine) == len(paths) * (len(paths) - 1) // 2  # one win per pair
+        # the wins are the network's own answers on each pair (i, j) as (a, b)
+        x = {str(p): predict.normalize(predict.fix_scale_crop(read_image(p), 32))[None] for p in paths}
+        wins = dict.fromkeys(x, 0)
+        with torch.no_grad():
+            for i, a in enumerate(paths):
+                for b in paths[i + 1:]:
+                    prob_a = model(x[str(a)], x[str(b)])["pair"].double().softmax(1)[0, 0]
+                    wins[str(a) if prob_a > 0.5 else str(b)] += 1
+        assert {r["path"]: int(r["wins"]) for r in mine} == wins
+
+
+def test_series_network_exports_and_loads_through_torch_hub(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("series", "pau", input_size=32).eval()
+    ck = tmp_path / "series.pth"
+    save_checkpoint({"model": model.state_dict(), "model_config": model.config.to_dict(), "kind": "series",
+                     "args": {}}, ck)
+    folder = export(ck, tmp_path / "released")
+    a, b = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    hub = torch.hub.load(str(REPO), "afanet_series", source="local", weights=str(folder))
+    with torch.no_grad():
+        assert torch.equal(hub(a, b)["pair"], model(a, b)["pair"])
+    with pytest.raises(PretrainedError, match="use afanet_series"):
+        torch.hub.load(str(REPO), "afanet_image", source="local", weights=str(folder))
+    assert json.loads((folder / CONFIG_NAME).read_text())["preprocessing"]["center_crop"] == 32
