@@ -2,7 +2,7 @@
 zhenshen-mla/Series-Photo-Selection (a folder with models/PAU_resnet50.py, models/PAUnit.py,
 models/ResNet50.py); tests/test_series_models.py checks the same through the golden file otherwise.
 
-    SERIES_REFERENCE=/tmp/sps_ref python -m pytest -q tests/test_series_reference.py -s
+    SERIES_REFERENCE=path/to/Series-Photo-Selection python -m pytest -q tests/test_series_reference.py -s
 
 The original networks are built from their classes (``make_network`` would download ImageNet
 weights), every parameter and BN buffer is randomised, the weights go through
