@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine import trainer
+from engine import runs, trainer
 from engine.series import SeriesFamily, series_evaluate
 from models.series import SERIES_FUSIONS
 
@@ -20,7 +20,7 @@ from models.series import SERIES_FUSIONS
 # 'head' group: the final linear and the channel cells' FCs), x0.3 every 25 epochs, 100 epochs,
 # batch 32, shorter side 224 then centre crop 224, no augmentation.
 DEFAULTS = dict(crop_size=224, epochs=100, batch_size=32, lr=1e-5, weight_decay=5e-4, schedule="step",
-                fusion="pau")
+                step_epochs=25, step_gamma=0.3, fusion="pau")
 
 evaluate = series_evaluate
 train_one_epoch = trainer.train_one_epoch
@@ -33,8 +33,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     # The shared --fusion flag keeps its name; for this family it chooses the network.
     fusion = next(a for a in parser._actions if a.dest == "fusion")
     fusion.choices, fusion.help = SERIES_FUSIONS, "pau (the paper's network) or siamese (the baseline)"
-    parser.add_argument("--step-epochs", type=int, default=25, help="step schedule: epochs between lr steps")
-    parser.add_argument("--step-gamma", type=float, default=0.3, help="step schedule: lr factor at each step")
     parser.add_argument("--shared-units", action="store_true",
                         help="PAU: one set of units for both photos (the original has one per photo)")
     parser.add_argument("--symmetric", action="store_true",
@@ -45,7 +43,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, explicit: set[str] | None = None) -> int:
+    """``explicit``: the flags given on the command line; None (args from ``parse_args``): the
+    settings whose value differs from the default."""
+    if explicit is None:
+        explicit = runs.explicit_by_default(args, get_args_parser())
     if args.init:
         print("error: --init: series networks train in one stage from ImageNet (--pretrained); "
               "use --resume to continue a run", file=sys.stderr)
@@ -53,8 +55,8 @@ def main(args: argparse.Namespace) -> int:
     tag = args.fusion + ("_shared" if args.shared_units else "")
     args.out = args.out or f"weight/series_{tag}_last.pth"
     args.logdir = args.logdir or f"runs/series_{tag}"
-    return trainer.main_loop(args, SeriesFamily(args))
+    return trainer.main_loop(args, SeriesFamily(args), explicit)
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(main(*runs.parse_with_explicit(get_args_parser())))

@@ -145,7 +145,10 @@ def common_args(parser: argparse.ArgumentParser, kind: str, defaults: dict[str, 
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--schedule", choices=SCHEDULES)
     p.add_argument("--warmup-iters", type=int, default=0, help="linear warm-up iterations")
-    p.add_argument("--step-every", type=int, default=0, help="step schedule: iterations between x0.1 steps")
+    p.add_argument("--step-every", type=int, default=0, help="step schedule: iterations between lr steps")
+    p.add_argument("--step-epochs", type=int, default=0, help="step schedule: epochs between lr steps (if --step-every "
+                                                              "is 0)")
+    p.add_argument("--step-gamma", type=float, default=0.1, help="step schedule: lr factor at each step")
     p.add_argument("--crop-size", type=int,
                    help="square input size of the network (sets SAM's size)")
     p.add_argument("--limit-batches", type=int, default=None,
@@ -599,9 +602,9 @@ def _main_loop(args: argparse.Namespace, family: TaskFamily, explicit: set[str] 
     bn_loader = make_loader(train_ds, args.batch_size, 0, bn_sampler, dist.device, drop_last=True)
     iters_per_epoch = len(train_loader) if args.limit_batches is None else min(len(train_loader), args.limit_batches)
     schedule_total = schedule_length(args, iters_per_epoch, resume)  # stored; --epochs extends it on resume
-    step_every = args.step_every or getattr(args, "step_epochs", 0) * iters_per_epoch  # series: in epochs
+    step_every = args.step_every or args.step_epochs * iters_per_epoch
     scheduler = build_scheduler(optimizer, schedule_total, args.schedule, args.warmup_iters, step_every,
-                                getattr(args, "step_gamma", 0.1))
+                                args.step_gamma)
     scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
     state = TrainState(schedule_total=schedule_total)
     if resume is not None:

@@ -23,6 +23,7 @@ from data.synthetic_series import write_phototriage
 from engine import trainer
 from engine.checkpoint import load_checkpoint
 from engine.metrics import SeriesMeter, series_metrics, validation_score
+from engine.runs import parse_with_explicit
 from engine.series import series_evaluate
 from models import model_from_config
 
@@ -109,6 +110,10 @@ def test_resume_is_bit_exact_also_mid_epoch(phototriage, tmp_path, monkeypatch):
     assert json.dumps(a["train_state"]) == json.dumps(b["train_state"]) and a["train_state"]["iteration"] == 4
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    # --resume alone takes the run's own settings (its crop, seed, swaps ...); --epochs extends it
+    argv = ["--resume", str(cut / "series_last.pth"), "--epochs", "3"]
+    assert train_series.main(*parse_with_explicit(train_series.get_args_parser(), argv)) == 0
+    assert load_checkpoint(cut / "series_last.pth")["train_state"]["epoch"] == 3
 
 
 def test_series_metrics_against_hand_computed_values():
