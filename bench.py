@@ -1,16 +1,18 @@
 """Training-step and input-pipeline benchmark for the AFANet networks.
 
-Times full training steps (forward, losses as in engine/losses.py on random targets, backward,
-SGD momentum 0.9 over ``model.param_groups``) of the image and pixel networks, single-task pair
-(``none``) and fused (``afa``), in the chosen precision, memory format and execution mode; and,
-with ``--pipeline``, the input pipeline alone (dataset + training transforms + DataLoader).
+Times the training loop's own step (engine.step.TrainStep: forward, the family's losses on random
+targets, backward, SGD momentum 0.9 over ``model.param_groups``) of each family's networks
+(families/: the family builds the batch, its recipe's settings the losses), every method
+(``--fusions``), in the chosen precision, memory format and execution mode; and, with
+``--pipeline``, the input pipeline alone (the family's dataset + training transform + DataLoader, on
+the family's synthetic set unless a folder is given).
 
-    python bench.py                                        # CPU: image b8 @224 and pixel b2 @300, fp32
+    python bench.py --batch-size 8 2                       # CPU: image b8 and pixel b2 at the recipes' crops
     python bench.py --amp bf16 --channels-last             # the fast CPU training mode
-    python bench.py --amp none bf16 --reference ~/AFANet   # side by side with the original code
+    python bench.py --amp none bf16 --reference AFANet     # side by side with the original code (a clone)
     python bench.py --device cuda --amp bf16 --channels-last --compile --batch-size 32 16
     python bench.py --pipeline --workers 2                 # input pipeline on synthetic data
-    python bench.py --pipeline --nyu-root data/nyuv2_prepared --adience-root data/adience
+    python bench.py --pipeline --data-root datasets/nyuv2 datasets/adience    # one folder per --kinds entry
 
 Per configuration it reports the minimum and median of ``--steps`` timed steps after ``--warmup``
 untimed ones (minimum over ``--rounds`` repetitions), images per second, the step's FLOPs
@@ -47,36 +49,39 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from engine.losses import DEPTH_LOSSES
-from engine.tasks import ImageFamily, PixelFamily
-from engine.trainer import train_step
+from engine.precision import AMP_DTYPES, grad_scaler
+from engine.sampler import SeededDataset
+from engine.settings import Settings
+from engine.step import TrainStep
 from engine.weighting import build_weighting
+from families import FAMILIES, family
 from models import build_model
-from models.multitask import DEFAULTS, FUSIONS, KINDS
+from models.fusion import FUSIONS
+from models.multitask import ARCHITECTURES
+from models.series import SERIES_FUSIONS
 from tools import original
 from tools.original import LATEST_FILES
 
-TASKS = {k: tuple(d["tasks"]) for k, d in DEFAULTS.items()}  # image: (gender, age); pixel: (seg, depth)
-NUM_CLASSES = {"gender": 2, "age": 8, "seg": 40}
-IGNORE = 255
-CPU_DEFAULTS = {"image": (8, 224), "pixel": (2, 300)}  # batch, input size
-AMP_DTYPES = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}  # --amp value -> its name in labels and --modes
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="network families to time")
-    p.add_argument("--fusions", nargs="+", choices=FUSIONS, default=list(FUSIONS),
-                   help="methods to time (models/fusion.py): none = single-task pair, afa = the fused network ...")
+    p.add_argument("--kinds", nargs="+", choices=list(FAMILIES), default=list(ARCHITECTURES),
+                   help="families whose networks to time (default: the two-branch ones, image and pixel)")
+    p.add_argument("--fusions", nargs="+", choices=FUSIONS + SERIES_FUSIONS, default=list(FUSIONS),
+                   help="methods to time (docs/networks.md); each family times those it has")
     p.add_argument("--grad-mode", default="protect", choices=("protect", "joint", "adaptive"),
                    help="AFA gradient mode of our fused networks (the original's default is protect)")
     p.add_argument("--batch-size", nargs="+", type=int, default=None,
-                   help="batch size, one value for all kinds or one per --kinds entry (default: image 8, pixel 2)")
+                   help="batch size, one value for all kinds or one per --kinds entry (default: the family's recipe)")
     p.add_argument("--input-size", nargs="+", type=int, default=None,
-                   help="square input side, one value or one per --kinds entry (default: image 224, pixel 300)")
+                   help="square input side, one value or one per --kinds entry (default: the recipe's crop size)")
+    p.add_argument("--depths", type=int, nargs=4, default=None, metavar="N",
+                   help="bottlenecks per ResNet stage (default ResNet-50; fewer for quick checks)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--amp", nargs="+", choices=tuple(AMP_DTYPES), default=["none"],
+    p.add_argument("--amp", nargs="+", choices=tuple(PRECISIONS), default=["none"],
                    help="precision(s): none = fp32, bf16 = bf16 autocast, fp16 = fp16 autocast + GradScaler")
     p.add_argument("--channels-last", action="store_true", help="channels_last model and input")
     p.add_argument("--modes", nargs="+", default=None, metavar="MODE",
@@ -97,13 +102,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="checkout of the original AFANet code: also time its fp32 eager step and report ratios")
     p.add_argument("--no-steps", action="store_true", help="skip the training-step benchmark")
     p.add_argument("--pipeline", action="store_true", help="also time the input pipeline alone")
-    p.add_argument("--nyu-root", default=None,
-                   help="prepared NYUv2 folder for --pipeline (default: generate a synthetic one in a temp dir)")
-    p.add_argument("--adience-root", default=None,
-                   help="Adience folder for --pipeline (default: generate a synthetic one in a temp dir)")
+    p.add_argument("--data-root", nargs="+", default=None,
+                   help="--pipeline: dataset folders, one per --kinds entry (default: each family's synthetic set, "
+                        "written to a temporary folder)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for --pipeline")
     p.add_argument("--pipeline-batches", type=int, default=40, help="timed batches per dataset for --pipeline")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON to FILE")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON to FILE")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -121,41 +125,39 @@ class StepConfig:
     compile: bool = False
     impl: str = "ours"  # 'ours' or 'original'
     grad_mode: str = "protect"
+    depths: list[int] | None = None
 
     @property
     def label(self) -> str:
-        prec = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}[self.amp]
+        prec = PRECISIONS[self.amp]
         mode = ("CL" if self.channels_last else "NCHW") + (" compile" if self.compile else "")
         return f"{self.kind}/{self.fusion} {self.impl} {prec} {mode}"
 
 
-def random_batch(kind: str, batch: int, size: int, device: torch.device, channels_last: bool,
+def recipe(kind: str, **changes: Any) -> Settings:
+    """The family's training settings: its parser's defaults (the recipe), with ``changes``."""
+    return Settings(**{**vars(family(kind).get_args_parser().parse_args([])), **changes})
+
+
+def random_batch(model_config: dict[str, Any], batch: int, device: torch.device, channels_last: bool,
                  seed: int = 0) -> dict[str, Tensor]:
-    """Input (B, 3, S, S) and targets of the right kind: seg 0..39 with ~10 % 255, depth > 0 with
-    ~10 % 0 (invalid), gender 0..1, age 0..7."""
-    g = torch.Generator().manual_seed(seed)
-    out = {"image": torch.randn(batch, 3, size, size, generator=g)}
-    if kind == "image":
-        out.update(gender=torch.randint(0, 2, (batch,), generator=g), age=torch.randint(0, 8, (batch,), generator=g))
-    else:
-        seg = torch.randint(0, NUM_CLASSES["seg"], (batch, size, size), generator=g)
-        seg[torch.rand(seg.shape, generator=g) < 0.1] = IGNORE
-        depth = 0.5 + 9.5 * torch.rand(batch, 1, size, size, generator=g)
-        depth[torch.rand(depth.shape, generator=g) < 0.1] = 0.0
-        out.update(seg=seg, depth=depth)
+    """The family's random training batch for the network (families/: inputs and valid targets)."""
+    out = family(model_config["kind"]).random_batch(model_config, batch, torch.Generator().manual_seed(seed))
     out = {k: v.to(device) for k, v in out.items()}
     if channels_last:
-        out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+        out = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in out.items()}
     return out
 
 
 def optimizer_kwargs(device: torch.device) -> dict[str, Any]:
-    # As engine/trainer.py: one fused kernel on CUDA, multi-tensor (foreach) updates on CPU.
+    # As engine/setup.py: one fused kernel on CUDA, multi-tensor (foreach) updates on CPU.
     return {"fused": True} if device.type == "cuda" else {"foreach": True}
 
 
 def build_ours(cfg: StepConfig, device: torch.device) -> tuple[nn.Module, list[dict[str, Any]]]:
-    model = build_model(cfg.kind, cfg.fusion, cfg.grad_mode, input_size=cfg.size).to(device)
+    options = {"input_size": cfg.size, **({"depths": cfg.depths} if cfg.depths else {})}
+    grad_mode = {"grad_mode": cfg.grad_mode} if cfg.kind in ARCHITECTURES else {}
+    model = build_model(cfg.kind, cfg.fusion, **grad_mode, **options).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, model.param_groups(0.01)
@@ -172,26 +174,16 @@ class _DictOutputs(nn.Module):
         return dict(zip(self.names, self.model(x)))
 
 
-class TrainStep:
-    """The training loop's own step (engine.trainer.train_step) on a fixed batch: zero_grad,
-    autocast forward, the task losses of engine/losses.py summed with equal weights, backward,
-    optimiser step; no host-device synchronisation. ``outputs`` names the entries of a
-    tuple-returning network (the original code) so that the same step applies to it.
-    """
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, kind: str, amp: str,
-                 device: torch.device, outputs: tuple[str, ...] | None = None) -> None:
-        self.model = _DictOutputs(model, outputs) if outputs is not None else model
-        self.optimizer, self.amp, self.device = optimizer, amp, device
-        # train_step reads only the family's inputs and losses (pixel: the berHu depth loss, the default)
-        family = PixelFamily if kind == "pixel" else ImageFamily
-        self.family = family(argparse.Namespace(depth_loss=DEPTH_LOSSES[0]))
-        self.weighting = build_weighting("equal", TASKS[kind]).to(device)
-        self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
-
-    def __call__(self, batch: dict[str, Tensor]) -> None:
-        train_step(self.model, batch, self.family, self.optimizer, self.weighting, [], amp=self.amp,
-                   device=self.device, scaler=self.scaler)
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, kind: str, amp: str, device: torch.device,
+               outputs: tuple[str, ...] | None = None) -> TrainStep:
+    """The training loop's own step on the network, with the family's losses (its recipe's settings)
+    summed with equal weights. ``outputs`` names the entries of a tuple-returning network (the
+    original code) so that the same step applies to it."""
+    net = _DictOutputs(model, outputs) if outputs is not None else model
+    tasks = list(outputs) if outputs is not None else list(model.tasks)
+    weighting = build_weighting("equal", tasks).to(device)
+    return TrainStep(net, family(kind)(recipe(kind)), optimizer, weighting, scaler=grad_scaler(amp, device), amp=amp,
+                     device=device)
 
 
 def time_steps(step: Callable[[dict[str, Tensor]], None], batch: dict[str, Tensor], warmup: int, steps: int,
@@ -271,20 +263,19 @@ def build_original(root: Path, kind: str, fusion: str, size: int) -> nn.Module:
     return original.build_original(root, kind, fusion, size)
 
 
-def original_param_groups(model: nn.Module, kind: str) -> list[dict[str, Any]]:
-    """The original training scripts' groups: image 1x / AFA 1000x, pixel backbone 1x / heads 10x
-    (the 4fabc70 baselines: every parameter at one rate; the groups do not change the step's cost)."""
-    lr = 0.01
-    if not hasattr(model, "get_1x_lr_params") or (kind == "image" and not hasattr(model, "get_1000x_lr_params")):
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
-    if kind == "image":
-        groups = [{"params": list(model.get_1x_lr_params()), "lr": lr}]
-        afa = list(model.get_1000x_lr_params())
-        groups += [{"params": afa, "lr": lr * 1000}] if afa else []
-    else:
-        groups = [{"params": list(model.get_1x_lr_params()), "lr": lr},
-                  {"params": list(model.get_10x_lr_params()), "lr": lr * 10}]
-    return groups
+def original_param_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """The original training scripts' groups: the parameters its ``get_<m>x_lr_params`` accessors return
+    at m times the rate (image AFA x1000, pixel heads x10), everything else at 1x (the 4fabc70 baselines
+    have no accessors; the groups do not change the step's cost)."""
+    lr, groups, taken = 0.01, [], set()
+    for mult in (1, 10, 1000):
+        accessor = getattr(model, f"get_{mult}x_lr_params", None)
+        params = [p for p in accessor() if id(p) not in taken] if accessor is not None else []
+        if params:
+            groups.append({"params": params, "lr": lr * mult})
+            taken.update(id(p) for p in params)
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+    return groups + ([{"params": rest, "lr": lr}] if rest else [])
 
 
 # -- running the configurations ----------------------------------------------------------------
@@ -323,18 +314,20 @@ def run_config(cfg: StepConfig, device: torch.device, args: argparse.Namespace, 
         outputs = None
     else:
         model = build_original(mods, cfg.kind, cfg.fusion, cfg.size).to(device)
-        groups, outputs = original_param_groups(model, cfg.kind), TASKS[cfg.kind]
+        groups, outputs = original_param_groups(model), tuple(ARCHITECTURES[cfg.kind].tasks)
     model.train()
     optimizer = torch.optim.SGD(groups, lr=0.01, momentum=0.9, **optimizer_kwargs(device))
-    batch = random_batch(cfg.kind, cfg.batch, cfg.size, device, cfg.channels_last, args.seed)
+    config = (model.config.to_dict() if outputs is None else  # the original: our default config of its kind
+              {"kind": cfg.kind, "input_size": cfg.size, "tasks": dict(ARCHITECTURES[cfg.kind].tasks)})
+    batch = random_batch(config, cfg.batch, device, cfg.channels_last, args.seed)
     flops = None
     key = (cfg.impl, cfg.kind, cfg.fusion, cfg.batch, cfg.size)
     if not args.no_flops:
         if key not in flops_cache:  # counted eagerly: FLOPs do not depend on precision or layout
-            flops_cache[key] = count_flops(TrainStep(model, optimizer, cfg.kind, cfg.amp, device, outputs), batch)
+            flops_cache[key] = count_flops(train_step(model, optimizer, cfg.kind, cfg.amp, device, outputs), batch)
         flops = flops_cache[key]
     net = torch.compile(model) if cfg.compile else model
-    step = TrainStep(net, optimizer, cfg.kind, cfg.amp, device, outputs)
+    step = train_step(net, optimizer, cfg.kind, cfg.amp, device, outputs)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = time_steps(step, batch, max(args.warmup, 2 if cfg.compile else 0), args.steps, device,
@@ -349,22 +342,32 @@ def run_config(cfg: StepConfig, device: torch.device, args: argparse.Namespace, 
 def step_configs(args: argparse.Namespace, mods: Path | None) -> tuple[list[StepConfig], list[str]]:
     configs, notes = [], []
     for i, kind in enumerate(args.kinds):
-        batch = _per_kind(args.batch_size, i, CPU_DEFAULTS[kind][0], "--batch-size", args.kinds)
-        size = _per_kind(args.input_size, i, CPU_DEFAULTS[kind][1], "--input-size", args.kinds)
-        for fusion in args.fusions:
-            if mods is not None:
+        batch, size = batch_and_size(args, i, kind)
+        fusions = [f for f in args.fusions if f in family(kind).fusions]
+        if len(fusions) < len(args.fusions):
+            notes.append(f"{kind}: {', '.join(f for f in args.fusions if f not in fusions)} not timed (its methods: "
+                         f"{', '.join(family(kind).fusions)})")
+        for fusion in fusions:
+            if mods is not None and (kind, fusion) in original.NETWORK_FILES:
                 configs.append(StepConfig(kind, fusion, batch, size, impl="original"))
             for amp, channels_last in modes(args):
                 configs.append(StepConfig(kind, fusion, batch, size, amp, channels_last, args.compile,
-                                          grad_mode=args.grad_mode))
+                                          grad_mode=args.grad_mode, depths=args.depths))
     return configs, notes
+
+
+def batch_and_size(args: argparse.Namespace, i: int, kind: str) -> tuple[int, int]:
+    """The --kinds entry i's batch size and input side: given, or the family's recipe."""
+    settings = recipe(kind)
+    return (_per_kind(args.batch_size, i, settings.batch_size, "--batch-size", args.kinds),
+            _per_kind(args.input_size, i, settings.crop_size, "--input-size", args.kinds))
 
 
 def modes(args: argparse.Namespace) -> list[tuple[str, bool]]:
     """(amp, channels_last) pairs from --modes, or --amp x --channels-last."""
     if not args.modes:
         return [(amp, args.channels_last) for amp in args.amp]
-    names = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}
+    names = {v: k for k, v in PRECISIONS.items()}
     out = []
     for m in args.modes:
         prec, _, layout = m.lower().partition("+")
@@ -436,20 +439,6 @@ def run_steps(args: argparse.Namespace, device: torch.device) -> tuple[list[Step
 
 # -- input pipeline -----------------------------------------------------------------------------
 
-def synthetic_sets(tmp: Path, need_nyu: bool, need_adience: bool) -> tuple[Path | None, Path | None]:
-    """Small synthetic NYUv2 (prepared folder, 480 x 640 frames) and Adience (256 px JPEGs) sets."""
-    from data.prepare_nyuv2 import prepare_nyuv2
-    from data.synthetic import write_adience, write_nyuv2
-
-    nyu = adience = None
-    if need_nyu:
-        raw = write_nyuv2(tmp / "nyu_raw", n=24)
-        nyu = prepare_nyuv2(raw / "nyu_depth_v2_labeled.mat", raw / "splits.mat", tmp / "nyuv2", progress=False)
-    if need_adience:
-        adience = write_adience(tmp / "adience", per_fold=60)
-    return nyu, adience
-
-
 def time_loader(dataset: torch.utils.data.Dataset, batch: int, workers: int, batches: int,
                 device: torch.device) -> dict[str, Any]:
     """Samples per second through a DataLoader like the trainer's (persistent workers, pinned
@@ -468,7 +457,7 @@ def time_loader(dataset: torch.utils.data.Dataset, batch: int, workers: int, bat
     n = 0
     for b in it:
         b = {k: v.to(device, non_blocking=True) for k, v in b.items() if isinstance(v, Tensor)}
-        n += b["image"].shape[0]
+        n += next(iter(b.values())).shape[0]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
@@ -477,28 +466,23 @@ def time_loader(dataset: torch.utils.data.Dataset, batch: int, workers: int, bat
 
 
 def run_pipeline(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    from data import Adience, ImageTrainTransform, NYUv2, PixelTrainTransform
-
+    """Each family's training set and transform (its recipe's settings at the benchmark's input size) through
+    a DataLoader, as the training loop reads it (SeededDataset: per-sample augmentation seeds)."""
+    if args.data_root and len(args.data_root) != len(args.kinds):
+        raise SystemExit(f"--data-root: one folder per --kinds entry ({len(args.kinds)}), got {len(args.data_root)}")
     out = []
     with tempfile.TemporaryDirectory(prefix="afa_bench_") as tmp:
-        nyu = Path(args.nyu_root) if args.nyu_root else None
-        adience = Path(args.adience_root) if args.adience_root else None
-        gen_nyu, gen_ad = "pixel" in args.kinds and nyu is None, "image" in args.kinds and adience is None
-        if gen_nyu or gen_ad:
-            print(f"generating synthetic {'NYUv2 ' if gen_nyu else ''}{'Adience ' if gen_ad else ''}sets in {tmp}",
-                  file=sys.stderr, flush=True)
-            s_nyu, s_ad = synthetic_sets(Path(tmp), gen_nyu, gen_ad)
-            nyu, adience = nyu or s_nyu, adience or s_ad
         for i, kind in enumerate(args.kinds):
-            batch = _per_kind(args.batch_size, i, CPU_DEFAULTS[kind][0], "--batch-size", args.kinds)
-            size = _per_kind(args.input_size, i, CPU_DEFAULTS[kind][1], "--input-size", args.kinds)
-            if kind == "pixel":
-                ds = NYUv2(nyu, "train", transform=PixelTrainTransform(size))
-                source = f"NYUv2 {'synthetic' if gen_nyu else nyu} train, PixelTrainTransform({size})"
-            else:
-                ds = Adience(adience, [0, 1, 2, 3], transform=ImageTrainTransform(crop_size=size))
-                source = f"Adience {'synthetic' if gen_ad else adience} folds 0-3, ImageTrainTransform(crop {size})"
+            batch, size = batch_and_size(args, i, kind)
+            root = args.data_root[i] if args.data_root else None
+            if root is None:
+                print(f"pipeline {kind}: writing the family's synthetic set in {tmp} ...", file=sys.stderr, flush=True)
+                root = family(kind).write_synthetic(Path(tmp) / kind)
+            data = family(kind)(recipe(kind, data_root=str(root), crop_size=size)).datasets()
+            source = (f"{'synthetic ' if not args.data_root else ''}{type(data.train).__name__} training split "
+                      f"({len(data.train)} samples), {type(data.train_transform).__name__}({size})")
             print(f"pipeline {kind}: {source}, {args.workers} workers ...", file=sys.stderr, flush=True)
+            ds = SeededDataset(data.train, data.train_transform, args.seed)
             r = time_loader(ds, batch, args.workers, args.pipeline_batches, device)
             out.append({"kind": kind, "source": source, "workers": args.workers, "batch": batch, "size": size, **r})
     return out
@@ -586,10 +570,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     report = {"machine": machine_info(device), "args": vars(args), "matmul_peak_flops_per_s": peaks,
               "steps": [asdict(r) for r in results], "ratios": rat, "pipeline": pipeline, "notes": notes}
     print(table(results, peaks, rat, pipeline, notes))
-    text = json.dumps(report, indent=1)
-    print(text)
     if args.json:
-        Path(args.json).write_text(text + "\n")
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.json}")
     return report
 
 

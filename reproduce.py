@@ -6,13 +6,12 @@
 
 ``run`` trains stage 1 (the single-task pair, method 'none') once per (fold, seed), stage 2 of
 every fused method from it, and evaluates each run's best checkpoint on the test split with
-eval.py. Every run lives in its own folder (the training logdir):
+eval.py. The protocols (methods, seeds, folds) are the families' (families/, ``Family.protocols``). Every run lives in its own folder (the training logdir):
 
     OUT/<family>/<method>/seed<S>/            nyuv2 (no folds)
     OUT/<family>/<method>/fold<F>_seed<S>/    adience (--test-fold F)
         checkpoint_last.pth  checkpoint_best.pth  log.jsonl  events.out.tfevents.*
-        args.json   the run's settings (written by the training script; if it writes none,
-                    reproduce.py writes the parsed command line once the run has finished)
+        args.json   the run's settings (written by the training script)
         eval.json   eval.py --json output: its presence marks the run as finished
         per_class_iou.json   nyuv2 only: {class name: IoU} (eval.py --per-class)
 
@@ -43,6 +42,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from families import Protocol, protocols
+
 REPO = Path(__file__).resolve().parent
 DELTA = "delta_m"  # the report's name for multitask_delta's 'delta/mean'
 RUN_DIR = re.compile(r"^(?:fold(?P<fold>\d+)_)?seed(?P<seed>\d+)$")
@@ -50,40 +51,8 @@ RUN_DIR = re.compile(r"^(?:fold(?P<fold>\d+)_)?seed(?P<seed>\d+)$")
 EVAL_PASSTHROUGH = ("--device", "--workers", "--amp")
 
 
-@dataclass(frozen=True)
-class Family:
-    """One task family of the protocol; a new family is one entry in FAMILIES.
-
-    single: the single-task (stage-1) method that fused methods start from and are compared with
-        (None: the family has no two-stage structure, every method is trained from ImageNet).
-    from_scratch: methods trained without --init (stage 1 style, from ImageNet) although fused.
-    folds: the test folds (None: the family has no folds); fold_flag passes one to the script.
-    """
-
-    name: str
-    script: str
-    methods: tuple[str, ...]
-    seeds: tuple[int, ...]
-    single: str | None = "none"
-    method_flag: str = "--fusion"
-    from_scratch: frozenset[str] = frozenset({"shared"})
-    folds: tuple[int, ...] | None = None
-    fold_flag: str = "--test-fold"
-    per_class: bool = False
-    evaluator: str = "eval.py"
-
-    def stage2(self, method: str) -> bool:
-        return self.single is not None and method != self.single and method not in self.from_scratch
-
-
-FAMILIES = {f.name: f for f in (
-    Family("nyuv2", "train_pixel.py", ("none", "shared", "cross_stitch", "nddr", "afa"), seeds=(0, 1, 2),
-           per_class=True),
-    Family("adience", "train_image.py", ("none", "shared", "cross_stitch", "nddr", "afa"), seeds=(0,),
-           folds=(0, 1, 2, 3, 4)),
-    # The ICASSP 2020 series photo selection networks: both methods from ImageNet, no stage 2.
-    Family("series", "train_series.py", ("siamese", "pau"), seeds=(0, 1, 2), single=None),
-)}
+EVALUATOR = "eval.py"
+PROTOCOLS: dict[str, Protocol] = protocols()  # every family's (families/), e.g. nyuv2, adience, series
 
 
 class ProtocolError(Exception):
@@ -92,7 +61,7 @@ class ProtocolError(Exception):
 
 @dataclass
 class Run:
-    family: Family
+    family: Protocol
     method: str
     fold: int | None
     seed: int
@@ -117,7 +86,7 @@ class Run:
         return self.dir / "eval.json"
 
 
-def run_dir(out: Path, family: Family, method: str, fold: int | None, seed: int) -> Path:
+def run_dir(out: Path, family: Protocol, method: str, fold: int | None, seed: int) -> Path:
     return out / family.name / method / (f"fold{fold}_seed{seed}" if fold is not None else f"seed{seed}")
 
 
@@ -127,7 +96,7 @@ def run_status(run: Run) -> str:
     return "interrupted" if run.last.is_file() else "fresh"
 
 
-def plan(family: Family, out: Path, methods: list[str], folds: list[int | None], seeds: list[int]) -> list[Run]:
+def plan(family: Protocol, out: Path, methods: list[str], folds: list[int | None], seeds: list[int]) -> list[Run]:
     """Every run in dependency order: all stage-1 runs (single-task, and methods trained from
     ImageNet), then all stage-2 runs. A stage-2 method brings its stage-1 run along."""
     if family.single is not None and any(family.stage2(m) for m in methods) and family.single not in methods:
@@ -154,7 +123,7 @@ def train_command(run: Run, data_root: Path, extra: list[str], torchrun: int = 0
            "--seed", str(run.seed)]
     if run.fold is not None:
         cmd += [f.fold_flag, str(run.fold)]
-    cmd += ["--out", str(run.last), "--logdir", str(run.dir)]
+    cmd += [*f.script_args, "--out", str(run.last), "--logdir", str(run.dir)]
     if run.init is not None:
         cmd += ["--init", str(run.init)]
     if run.status == "interrupted":
@@ -167,7 +136,7 @@ def train_command(run: Run, data_root: Path, extra: list[str], torchrun: int = 0
 
 
 def eval_command(run: Run, data_root: Path, extra: list[str]) -> list[str]:
-    cmd = [sys.executable, str(REPO / run.family.evaluator), "--checkpoint", str(run.best), "--data-root",
+    cmd = [sys.executable, str(REPO / EVALUATOR), "--checkpoint", str(run.best), "--data-root",
            str(data_root), "--json", str(run.eval_json)]
     if run.family.per_class:
         cmd += ["--per-class", str(run.dir / "per_class_iou.json")]
@@ -211,24 +180,8 @@ def execute(cmd: list[str]) -> int:
     return 128 - code if code < 0 else code
 
 
-def write_args_fallback(run: Run, cmd: list[str]) -> None:
-    """args.json is the training script's job; where a script writes none, keep the run's settings
-    (the script's own parse of this command line) so that every finished run has one."""
-    path = run.dir / "args.json"
-    if path.is_file():
-        return
-    argv = cmd[cmd.index(str(REPO / run.family.script)) + 1:]
-    try:
-        module = __import__(Path(run.family.script).stem)
-        settings = vars(module.get_args_parser().parse_args(argv))
-    except (ImportError, AttributeError, SystemExit):
-        settings = {"argv": argv}
-    settings["written_by"] = "reproduce.py (the training script wrote no args.json)"
-    path.write_text(json.dumps(settings, indent=2, default=str))
-
-
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
-    family = FAMILIES[args.family]
+    family = PROTOCOLS[args.family]
     if not (REPO / family.script).is_file():
         raise ProtocolError(f"family {family.name!r} needs {family.script}, which this checkout does not have")
     methods = args.methods.split(",") if args.methods else list(family.methods)
@@ -281,8 +234,6 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
                 print(f"error: run {run.name}: {what} ({script}) failed with exit code {code}; "
                       "finished runs are kept", file=sys.stderr, flush=True)
                 return code
-            if what == "training":
-                write_args_fallback(run, cmd)
         print(f"{head}: done in {time.time() - t0:.0f} s -> {run.eval_json}", flush=True)
     return 0
 
@@ -332,7 +283,7 @@ def mean_std(values: list[float]) -> tuple[float, float, int]:
 
 
 def method_order(family: str, methods: set[str]) -> list[str]:
-    known = FAMILIES[family].methods if family in FAMILIES else ()
+    known = PROTOCOLS[family].methods if family in PROTOCOLS else ()
     return [m for m in known if m in methods] + sorted(methods - set(known))
 
 
@@ -342,7 +293,7 @@ def aggregate(family: str, runs: list[dict]) -> tuple[list[dict], list[str], lis
     metric names in order and the notes (fused runs without a single-task partner)."""
     from engine.metrics import multitask_delta  # the one definition of metric directions
 
-    single = FAMILIES[family].single if family in FAMILIES else "none"
+    single = PROTOCOLS[family].single if family in PROTOCOLS else "none"
     metrics = list(dict.fromkeys(k for r in runs for k in r["metrics"]))
     by_method: dict[str, list[dict]] = {}
     for r in runs:
@@ -492,7 +443,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 epilog="Flags after a bare -- go to every training run unchanged.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train and evaluate every run of the protocol (skips finished runs)")
-    r.add_argument("family", choices=list(FAMILIES))
+    r.add_argument("family", choices=list(PROTOCOLS))
     r.add_argument("--data-root", required=True, help="the dataset folder, as for the training script")
     r.add_argument("--out", required=True, help="results folder: OUT/<family>/<method>/[fold<F>_]seed<S>/")
     r.add_argument("--methods", default=None, help="comma-separated (default: all of the family's methods)")

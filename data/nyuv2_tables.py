@@ -6,9 +6,10 @@ splits.mat); see the design note on dataset formats, appendices A and B.
 
 import numpy as np
 
+from data.labels import IGNORE_INDEX  # noqa: F401  (re-exported: the label of unlabeled pixels, raw 0)
+
 FORMAT = "nyuv2-prepared"  # meta.json "format" / "version" of the folder written by data.prepare_nyuv2
 FORMAT_VERSION = 1
-IGNORE_INDEX = 255  # seg label of unlabeled pixels (raw label 0)
 
 # mapClass of classMapping40.mat: entry k-1 is the 1-based 40-class id of raw label k (k = 1..894).
 _MAP_CLASS_40 = """

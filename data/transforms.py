@@ -33,9 +33,10 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from data.labels import IGNORE_INDEX
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IGNORE_INDEX = 255
 PAD_FILL = {"seg": IGNORE_INDEX, "depth": 0.0, "normal": 0.0}  # image pads with 0 too
 
 
@@ -120,17 +121,26 @@ def window_starts(length: int, crop_size: int, stride: int) -> list[int]:
     return [round(i * (length - crop_size) / (n - 1)) for i in range(n)]
 
 
+def count_windows(height: int, width: int, crop_size: int, stride: int | None = None) -> int:
+    """Number of windows ``sliding_window_predict`` runs on an image of height x width."""
+    stride = 2 * crop_size // 3 if stride is None else stride
+    return len(window_starts(max(height, crop_size), crop_size, stride)) * len(
+        window_starts(max(width, crop_size), crop_size, stride))
+
+
 @torch.no_grad()
 def sliding_window_predict(
     model_fn: Callable[[Tensor], dict[str, Tensor]],
     image: Tensor,
     crop_size: int,
     stride: int | None = None,
+    on_window: Callable[[], None] | None = None,
 ) -> dict[str, Tensor]:
     """Full-resolution predictions from a network that only accepts crop_size x crop_size inputs.
 
     image: normalised float (B, 3, H, W) (or (3, H, W), treated as B = 1). model_fn maps windows (B, 3, s, s) to a
     dict of (B, C_k, s, s) outputs. Returns {key: (B, C_k, H, W)}, each the average over the covering windows.
+    ``on_window`` is called after each window (a progress bar's update; ``count_windows`` gives the total).
     """
     stride = 2 * crop_size // 3 if stride is None else stride
     if not 1 <= stride <= crop_size:
@@ -157,6 +167,8 @@ def sliding_window_predict(
                     sums[key] = value.new_zeros(batch, value.shape[1], *padded, dtype=dtype)
                 sums[key][..., y : y + crop_size, x : x + crop_size] += value
             count[y : y + crop_size, x : x + crop_size] += 1
+            if on_window is not None:
+                on_window()
     return {key: (total / count.to(total.device))[..., :height, :width] for key, total in sums.items()}
 
 

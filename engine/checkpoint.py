@@ -1,11 +1,9 @@
 """Checkpoints: one dict, written atomically, read without executing pickled code.
 
-A checkpoint holds ``model`` (state dict), ``model_config`` (plain types that rebuild the
-network alone), ``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (epochs completed),
-``iteration``, ``batch_in_epoch`` (batches of the current epoch already done: > 0 only for
-a checkpoint written on interruption), ``rng``, ``best``, ``schedule_total`` (the learning-rate
-schedule's length in iterations, kept on resume unless ``--epochs`` extends the run) and ``args``.
-The best-by-validation file (``trainer.best_state``) keeps the model, its config, scores and args only.
+``LAYOUT`` below is the one statement of what a checkpoint holds: every entry, and which of the two
+files a run writes carries it (the resumable ``*_last.pth`` and the best-by-validation ``*_best.pth``).
+``resumable_state`` and ``best_state`` build the two dicts from it and refuse anything else;
+``python -m engine.checkpoint CKPT`` prints a file's entries with these descriptions.
 """
 
 from __future__ import annotations
@@ -19,6 +17,51 @@ from typing import Any
 
 import numpy as np
 import torch
+
+# entry -> (files that hold it, what it is). "last": the resumable file (--out); "best": the
+# best-by-validation file beside it (model only: for eval.py, predict.py, export and --init).
+LAYOUT: dict[str, tuple[tuple[str, ...], str]] = {
+    "model": (("last", "best"), "the network's state dict"),
+    "model_config": (("last", "best"), "plain types that rebuild the network alone (models.model_from_config)"),
+    "kind": (("last", "best"), "the task family: pixel, image or series"),
+    "data": (("last", "best"), "what it was trained on: dataset, frame size, label names (predict.py, export)"),
+    "args": (("last", "best"), "every training setting under its argparse name"),
+    "optimizer": (("last",), "the optimiser's state dict (momentum buffers, parameter groups)"),
+    "scheduler": (("last",), "the learning-rate schedule's state (its iteration)"),
+    "scaler": (("last",), "the fp16 gradient scaler's state, or None"),
+    "weighting": (("last",), "the loss weighting's state (engine/weighting.py: loss history, learned weights)"),
+    "train_state": (("last",), "where training stands (engine.train.TrainState: epoch, iteration, position "
+                               "in the epoch, best score, running loss sums, schedule length)"),
+    "rng": (("last",), "every random generator's state (Python, NumPy, torch, CUDA)"),
+    "epoch": (("best",), "epochs completed when this model was the best"),
+    "iteration": (("best",), "iterations completed when this model was the best"),
+    "best": (("best",), "its validation score (the family's model-selection score)"),
+    "best_metrics": (("best",), "its validation metrics"),
+}
+
+
+def _keys(file: str) -> list[str]:
+    return [k for k, (files, _) in LAYOUT.items() if file in files]
+
+
+def resumable_state(**entries: Any) -> dict[str, Any]:
+    """The resumable checkpoint: exactly the LAYOUT entries of the 'last' file."""
+    return _checked(entries, "last")
+
+
+def best_state(last: dict[str, Any]) -> dict[str, Any]:
+    """The best-by-validation file from a resumable state: the model, how to rebuild it and its
+    scores, without optimiser and RNG state (about half the size; ``--resume`` refuses it)."""
+    train = last["train_state"]
+    return _checked({**{k: last[k] for k in _keys("best") if k in last},
+                     **{k: train[k] for k in ("epoch", "iteration", "best", "best_metrics")}}, "best")
+
+
+def _checked(entries: dict[str, Any], file: str) -> dict[str, Any]:
+    wanted = _keys(file)
+    if set(entries) != set(wanted):
+        raise KeyError(f"a {file!r} checkpoint holds {wanted}; got {sorted(entries)}")
+    return {k: entries[k] for k in wanted}
 
 
 class CheckpointError(Exception):
@@ -101,3 +144,31 @@ def restore_rng(state: dict[str, Any]) -> None:
     if state["cuda"] and torch.cuda.is_available():
         for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(s, i)
+
+
+def describe(path: str | os.PathLike) -> str:
+    """One line per entry of a checkpoint file: its name, a short summary of the value, and LAYOUT's text."""
+    ck = load_checkpoint(path)
+    lines = [f"{path}: {'resumable' if 'optimizer' in ck else 'best-by-validation (model only)'} checkpoint"]
+    for key, value in ck.items():
+        if isinstance(value, dict) and key in ("model", "optimizer", "weighting"):
+            summary = f"{len(value)} entries"
+        elif isinstance(value, (dict, list)):
+            summary = (repr(value)[:60] + "...") if len(repr(value)) > 63 else repr(value)
+        else:
+            summary = repr(value)
+        lines.append(f"  {key:<13} {summary:<64} {LAYOUT.get(key, ((), 'not in LAYOUT'))[1]}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
+        print("usage: python -m engine.checkpoint CKPT   (prints the entries of a checkpoint)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        print(describe(sys.argv[1]))
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

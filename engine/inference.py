@@ -1,5 +1,5 @@
-"""Inference on users' own files: the network from a checkpoint or a released-weights folder,
-its preprocessing and label names, and images read the way people have them.
+"""Inference plumbing shared by training (validation), eval.py, predict.py and the benchmark: the one
+model function, evaluation batches, and images read the way people have them.
 
 Images (``read_image``) come out as uint8 RGB (3, H, W), the form the datasets give the
 transforms, so that a PNG of a test frame goes through exactly eval.py's numbers:
@@ -16,94 +16,49 @@ transforms, so that a PNG of a test frame goes through exactly eval.py's numbers
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from torch import Tensor, nn
 
-from data.adience import AGE_GROUPS, GENDERS
-from data.nyuv2_tables import CLASS_NAMES_13, CLASS_NAMES_40
-from data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from models import MultiTaskNet, model_from_config
-from models.pretrained import CONFIG_NAME, from_pretrained, is_url, read_config
-
-from .checkpoint import CheckpointError, load_checkpoint
+from .precision import autocast
 
 # Suffixes taken from input folders (a file named on the command line is tried whatever its suffix).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+ModelFn = Callable[..., dict[str, Tensor]]
 
 
 class UnreadableImage(Exception):
     """A file that cannot be decoded as an image; the message names the file and the reason."""
 
 
-def task_labels(model_config: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Class names per classification task, for the tasks whose class count matches a known table
-    (NYUv2 40 / 13 classes, Adience genders and age groups); other tasks get 'class_<k>'."""
-    known = {"seg": (CLASS_NAMES_40, CLASS_NAMES_13), "gender": (GENDERS,), "age": (AGE_GROUPS,)}
-    labels: dict[str, list[str]] = {}
-    for task, channels in model_config.get("tasks", {}).items():  # series nets: one 'pair' output, no table
-        if task == "depth":  # a regression output in metres, no classes
-            continue
-        tables = [t for t in known.get(task, ()) if len(t) == channels]
-        labels[task] = list(tables[0]) if tables else [f"class_{k}" for k in range(channels)]
-    return labels
+def model_fn(model: nn.Module, device: torch.device, amp: str = "none", channels_last: bool = False) -> ModelFn:
+    """The network as evaluation and prediction call it: inputs in the run's memory format, the forward
+    under the run's autocast, every output back in float32 (metrics and saved predictions are float32
+    whatever the precision). Pass the unwrapped model: under DDP, ranks evaluate unequal shares and
+    DDP's forward would wait for buffers from ranks that have finished."""
+
+    def forward(*xs: Tensor) -> dict[str, Tensor]:
+        if channels_last:
+            xs = tuple(x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x for x in xs)
+        with autocast(device, amp):
+            return {k: v.float() for k, v in model(*xs).items()}
+
+    return forward
 
 
-def preprocessing(model_config: Mapping[str, Any]) -> dict[str, Any]:
-    """What an input goes through before the network, as plain types (written into config.json)."""
-    size = int(model_config["input_size"])
-    pre: dict[str, Any] = {"input_size": size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                           "scale": "RGB uint8 / 255, then (x - mean) / std"}
-    if model_config["kind"] == "series":  # as data.phototriage.PairEvalTransform
-        pre["resize_shorter_side"] = size
-        pre["center_crop"] = size
-    elif model_config["kind"] == "pixel":
-        pre["windows"] = (f"the full image is covered by {size} x {size} windows (stride {2 * size // 3}) and "
-                          "every output is averaged over the windows covering a pixel (data/transforms.py)")
-    else:
-        # the 256 -> 224 ratio of the usual protocol, as in eval.py and engine.tasks.image_datasets
-        pre["resize_shorter_side"] = round(size * 256 / 224)
-        pre["center_crop"] = size
-    return pre
-
-
-def is_pretrained_dir(path: str | os.PathLike) -> bool:
-    return is_url(path) or (Path(path).is_dir() and (Path(path) / CONFIG_NAME).is_file())
-
-
-def load_model(path: str | os.PathLike) -> tuple[MultiTaskNet, dict[str, Any]]:
-    """The network (eval mode, CPU) and its info {'model_config', 'preprocessing', 'labels'} (checkpoints
-    also 'epoch', 'best_metrics') from a training checkpoint (.pth, read without running pickled code) or a
-    released-weights folder / URL.
-
-    Raises CheckpointError or models.pretrained.PretrainedError naming the file.
-    """
-    if is_pretrained_dir(path):
-        model = from_pretrained(path)
-        config = read_config(path)
-        cfg = model.config.to_dict()
-        return model, {"model_config": cfg, "preprocessing": config.get("preprocessing") or preprocessing(cfg),
-                       "labels": config.get("labels") or task_labels(cfg)}
-    if Path(path).is_dir():
-        raise CheckpointError(f"{path}: a folder without {CONFIG_NAME} (expected a checkpoint file or a folder "
-                              f"written by python -m tools.export)")
-    ck = load_checkpoint(path)
-    if "model_config" not in ck:
-        raise CheckpointError(f"checkpoint {path}: no model_config entry (not written by this project)")
-    model = model_from_config(ck["model_config"])
-    try:
-        model.load_state_dict(ck["model"])
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())
-        raise CheckpointError(f"checkpoint {path}: weights do not fit its model_config ({detail})") from None
-    cfg = model.config.to_dict()
-    return model.eval(), {"model_config": cfg, "preprocessing": preprocessing(cfg), "labels": task_labels(cfg),
-                          "epoch": ck.get("epoch"), "best_metrics": ck.get("best_metrics")}
+def batches(loader: Iterable, limit: int | None = None) -> Iterator[Any]:
+    """The loader's batches, at most ``limit`` of them (None: all)."""
+    for i, batch in enumerate(loader):
+        if limit is not None and i >= limit:
+            break
+        yield batch
 
 
 def find_inputs(inputs: list[str]) -> list[Path]:

@@ -52,6 +52,12 @@ class RunLogger:
         if self.writer is not None:
             self.writer.close()
 
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
 
 class _CurrentStdout(logging.StreamHandler):
     """A handler that writes to whatever sys.stdout is at the time (pytest and tqdm replace it)."""

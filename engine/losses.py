@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from data.labels import IGNORE_INDEX
+
 DEPTH_LOSSES = ("berhu", "l1", "mse")
 
 
@@ -30,9 +32,9 @@ def depth_loss(pred: Tensor, target: Tensor, kind: str = "berhu") -> Tensor:
 
 
 def pixel_losses(out: dict[str, Tensor], batch: dict[str, Tensor], depth_kind: str = "berhu") -> dict[str, Tensor]:
-    """{'seg': CE (ignore 255), 'depth': depth_loss} for the pixel nets."""
+    """{'seg': CE (ignoring IGNORE_INDEX), 'depth': depth_loss} for the pixel nets."""
     return {
-        "seg": F.cross_entropy(out["seg"].float(), batch["seg"], ignore_index=255),
+        "seg": F.cross_entropy(out["seg"].float(), batch["seg"], ignore_index=IGNORE_INDEX),
         "depth": depth_loss(out["depth"], batch["depth"], depth_kind),
     }
 

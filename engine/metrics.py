@@ -18,10 +18,11 @@ import math
 import torch
 from torch import Tensor
 
+from data.labels import IGNORE_INDEX
+
 from .distributed import all_reduce_sum
 
 MIN_DEPTH = 1e-3
-IGNORE_INDEX = 255
 
 # Direction of each reported metric: +1 higher is better, -1 lower is better.
 DIRECTION = {
@@ -191,16 +192,6 @@ def series_metrics(rows: list[tuple[int, int, int, float, float]]) -> dict[str, 
     top1 = [best(photos, 2) == best(photos, 0) for photos in tally.values()]
     return {"pair/acc": sum(ok) / len(ok), "pair/acc_agree": sum(agree) / len(agree) if agree else math.nan,
             "pair/nll": sum(nll) / len(nll), "series/top1": sum(top1) / len(top1)}
-
-
-def validation_score(metrics: dict[str, float]) -> float:
-    """The best-model criterion (higher is better): pixel nets the mean of seg mIoU and depth
-    delta1, image nets the mean of gender and age accuracy — one number per task in [0, 1];
-    series nets the pairwise accuracy."""
-    if "pair/acc" in metrics:  # series photo selection: one task
-        return metrics["pair/acc"]
-    keys = ("seg/miou", "depth/delta1") if "seg/miou" in metrics else ("gender/acc", "age/acc")
-    return sum(metrics[k] for k in keys) / len(keys)
 
 
 def multitask_delta(metrics: dict[str, float], baseline: dict[str, float]) -> dict[str, float]:

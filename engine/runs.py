@@ -1,7 +1,7 @@
 """Run safety: a fresh run never writes over another run, and ``--resume`` continues the run as it was.
 
 A *run* is a checkpoint (``--out`` and its ``*_best.pth``) plus a run folder (``--logdir``:
-TensorBoard event files, ``log.jsonl``, ``args.json``). The rules, used by ``trainer.main_loop``:
+TensorBoard event files, ``log.jsonl``, ``args.json``). The rules, used by ``engine.train``:
 
 - A fresh run into an ``--out`` / ``--logdir`` that already holds a run stops with one line
   naming the ways out (``--resume``, a new ``--out``/``--logdir``, ``--overwrite``); with
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import load_checkpoint
-from .schedule import lr_factor
+from .schedule import Schedule
 
 # The one list of settings that --resume lets the command line change (everything else, including
 # flags added later, is part of the run's meaning: batch size, learning rate and schedule, fusion and
@@ -95,27 +95,32 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def resume_run(args: argparse.Namespace, kind: str, explicit: set[str] | None) -> dict[str, Any] | None:
-    """With ``--resume``: load the checkpoint, check it is a resumable one of this kind, and put the
-    run's own settings into ``args`` (in place). Returns the checkpoint, or None for a fresh run.
+def resume_run(args: argparse.Namespace, kind: str, explicit: set[str] | None
+               ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The settings of the run to train, and its checkpoint when ``--resume`` continues one (else None).
+
+    A fresh run: the parsed values as they are. ``--resume``: load the checkpoint, check it is a
+    resumable one of this kind, and take the run's own settings, except the safe ones typed on the
+    command line. ``args`` itself is never changed: the result is a new dict.
 
     ``explicit``: the dests given on the command line (None: every value counts as given).
     Raises RunError naming every typed flag that would change the run's meaning.
     """
+    values = dict(vars(args))
     if not args.resume:
-        if getattr(args, "data_root", "") is None:
+        if values.get("data_root", "") is None:
             raise RunError("--data-root is required (with --resume CKPT the run's own is used)")
-        return None
+        return values, None
     ck = load_checkpoint(args.resume)
     if ck.get("kind") != kind:
         raise RunError(f"--resume {args.resume}: a {ck.get('kind')!r} checkpoint, this script trains {kind!r} networks")
     if "optimizer" not in ck:
         raise RunError(f"--resume {args.resume}: a best-by-validation file holds the model only (for eval.py "
                        "and --init); resume from the run's latest state (its --out file, *_last.pth)")
-    if getattr(args, "overwrite", False):
+    if values.get("overwrite"):
         raise RunError(f"--resume {args.resume}: --overwrite is for a fresh run; drop one of the two")
     stored: dict[str, Any] = ck.get("args") or {}
-    given = set(vars(args)) if explicit is None else explicit
+    given = set(values) if explicit is None else explicit
     refused, applied = [], []
     for dest, value in vars(args).items():
         if dest in RUN_CONTROL or dest not in stored:  # a flag newer than the checkpoint keeps its value
@@ -123,7 +128,7 @@ def resume_run(args: argparse.Namespace, kind: str, explicit: set[str] | None) -
         old = stored[dest]
         changed = dest in given and not _same(value, old)
         if not changed:
-            setattr(args, dest, old)
+            values[dest] = old
         elif dest in SAFE_ON_RESUME:
             applied.append(f"{flag(dest)} {_show(value)} (the run's: {_show(old)})")
         else:
@@ -131,12 +136,12 @@ def resume_run(args: argparse.Namespace, kind: str, explicit: set[str] | None) -
     if refused:
         raise RunError(f"--resume {args.resume}: {'; '.join(refused)}; a resumed run keeps its settings: drop "
                        f"{'it' if len(refused) == 1 else 'them'}, or start a new run (a new --out/--logdir)")
-    if "epochs" in stored and args.epochs < stored["epochs"]:
-        raise RunError(f"--resume {args.resume}: --epochs {args.epochs} is shorter than the run's "
+    if "epochs" in stored and values["epochs"] < stored["epochs"]:
+        raise RunError(f"--resume {args.resume}: --epochs {values['epochs']} is shorter than the run's "
                        f"{stored['epochs']}; a run can be extended, not shortened (stop it instead)")
     if applied and _is_main():
         log.info("resume: applied " + ", ".join(applied))
-    return ck
+    return values, ck
 
 
 def run_files(out: str | Path | None, best: str | Path | None, logdir: str | Path | None) -> list[Path]:
@@ -167,8 +172,9 @@ def check_run_folders(args: argparse.Namespace, best: str | Path, resume: dict[s
             raise RunError(f"--resume {args.resume}: {found[0]} already belongs to another run; continue into an "
                            "empty --out/--logdir, or leave them as the run's")
         return []
-    if args.init and (_same_path(args.init, args.out) or _same_path(args.init, best)):
-        raise RunError(f"--init {args.init}: this run would write over it (its checkpoints are {args.out} and "
+    init = getattr(args, "init", None)  # stage 2 only (a family without stages has no --init)
+    if init and (_same_path(init, args.out) or _same_path(init, best)):
+        raise RunError(f"--init {init}: this run would write over it (its checkpoints are {args.out} and "
                        f"{best}); give the new run another --out")
     found = run_files(args.out, best, args.logdir)
     if found and not getattr(args, "overwrite", False):
@@ -211,7 +217,7 @@ def schedule_length(args: argparse.Namespace, iters_per_epoch: int, resume: dict
     """Total iterations of the learning-rate schedule. A fresh run: epochs x iterations per epoch. A
     resumed run keeps the length stored in its checkpoint, unless ``--epochs`` extends it: then the
     new epochs' iterations are added (printed with the learning rate before and after, at the
-    current iteration)."""
+    current iteration, by the run's own schedule rule)."""
     if resume is None:
         return args.epochs * iters_per_epoch
     run_epochs = (resume.get("args") or {}).get("epochs", args.epochs)
@@ -223,8 +229,8 @@ def schedule_length(args: argparse.Namespace, iters_per_epoch: int, resume: dict
         it = resume["train_state"]["iteration"]
 
         def lr(t: int) -> float:
-            return args.lr * lr_factor(it, t, args.schedule, args.warmup_iters, step_every=args.step_every)
+            return args.lr * Schedule.of(args, iters_per_epoch, t).factor(it)
 
         log.info(f"extending the run: --epochs {run_epochs} -> {args.epochs}, {args.schedule} schedule {total} -> "
-              f"{new_total} iterations; base lr at iteration {it}: {lr(total):.4g} -> {lr(new_total):.4g}")
+                 f"{new_total} iterations; base lr at iteration {it}: {lr(total):.4g} -> {lr(new_total):.4g}")
     return new_total

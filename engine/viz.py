@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from matplotlib import colormaps
 
+from data.labels import IGNORE_INDEX
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -20,7 +21,7 @@ def _palette(n: int = 256) -> np.ndarray:
             b |= ((c >> 2) & 1) << (7 - j)
             c >>= 3
         pal[i] = (r, g, b)
-    pal[255] = 0
+    pal[IGNORE_INDEX] = 0
     return pal / 255.0
 
 
@@ -30,7 +31,7 @@ PALETTE = _palette()
 def color_seg(seg: np.ndarray) -> np.ndarray:
     """(H, W) class ids -> (H, W, 3) colours in [0, 1]; class k gets palette entry k + 1 so that
     class 0 is not black like the ignore label."""
-    ids = np.where(seg == 255, 255, (seg.astype(np.int64) + 1) % 255)
+    ids = np.where(seg == IGNORE_INDEX, IGNORE_INDEX, (seg.astype(np.int64) + 1) % IGNORE_INDEX)
     return PALETTE[ids]
 
 
@@ -39,6 +40,15 @@ def color_depth(depth: np.ndarray, vmax: float) -> np.ndarray:
     rgb = colormaps["viridis"](np.clip(depth / max(vmax, 1e-6), 0, 1))[..., :3]
     rgb[depth <= 0] = 0
     return rgb.astype(np.float32)
+
+
+def depth_rgb8(depth: np.ndarray, vmax: float) -> np.ndarray:
+    """(H, W) metres -> (H, W, 3) uint8 with the 'viridis' map over [0, vmax]; invalid (0) is black. Works
+    in uint8 and float32 (a 12-megapixel map needs ~100 MB, not the ~400 MB of float64 RGBA)."""
+    scaled = np.clip(depth.astype(np.float32) / np.float32(max(vmax, 1e-6)), 0, 1)
+    rgb = colormaps["viridis"](scaled, bytes=True)[..., :3]
+    rgb[depth <= 0] = 0
+    return np.ascontiguousarray(rgb)
 
 
 def denormalize(image: torch.Tensor) -> np.ndarray:

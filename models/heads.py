@@ -17,9 +17,16 @@ def _conv_bn_relu(cin: int, cout: int, k: int = 1, dilation: int = 1) -> list[nn
 
 
 class ClassifierHead(nn.Module):
-    """Global average pool and a linear layer: (B, C, h, w) -> (B, num_classes)."""
+    """Global average pool and a linear layer: (B, C, h, w) -> (B, num_classes).
 
-    def __init__(self, in_channels: int, num_classes: int) -> None:
+    Args:
+        in_channels: C of the trunk's last stage.
+        num_classes: outputs.
+        output_stride: the trunk's (any: the features are pooled globally); taken so that every head
+            is built alike (models.multitask.ARCHITECTURES).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, output_stride: int = 32) -> None:
         super().__init__()
         self.fc = nn.Linear(in_channels, num_classes)
         nn.init.kaiming_normal_(self.fc.weight)  # the reference's init; the bias keeps torch's default
@@ -47,9 +54,15 @@ class Decoder(nn.Module):
 
 
 class DeepLabHead(nn.Module):
-    """ASPP + decoder + upsampling to the input size: -> (B, num_outputs, H, W)."""
+    """ASPP + decoder + upsampling to the input size: -> (B, num_outputs, H, W).
 
-    def __init__(self, num_outputs: int, in_channels: int = 2048, output_stride: int = 16) -> None:
+    Args:
+        in_channels: C of the trunk's last stage (2048).
+        num_outputs: output channels (classes, or 1 for depth).
+        output_stride: the trunk's, 16 or 8: it sets the ASPP rates.
+    """
+
+    def __init__(self, in_channels: int, num_outputs: int, output_stride: int = 16) -> None:
         super().__init__()
         # torchvision's ASPP is the reference's module: 1x1 and three dilated 3x3 branches, image
         # pooling (its bilinear upsampling of a 1x1 map is a broadcast whatever align_corners),

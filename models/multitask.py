@@ -40,19 +40,37 @@ from .fusion import (
     resolve_points,
 )
 from .heads import ClassifierHead, DeepLabHead
+from .series import SeriesConfig, SeriesNet, build_series_model
 
-KINDS = ("image", "pixel")
 SHARED = "shared"  # the branch name of the one trunk of hard sharing
 
-# Per kind: tasks with their output channels, input size, output stride and the reference's
-# learning-rate multipliers of the trunks and heads (pixel nets: ASPP and decoders x10); the
-# fusion group's multiplier depends on the method (models.fusion.FUSION_LR_MULT).
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "image": dict(tasks={"gender": 2, "age": 8}, input_size=224, output_stride=32,
-                  lr_mult={"backbone": 1.0, "head": 1.0}),
-    "pixel": dict(tasks={"seg": 40, "depth": 1}, input_size=300, output_stride=16,
-                  lr_mult={"backbone": 1.0, "head": 10.0}),
+
+@dataclass(frozen=True)
+class Architecture:
+    """What a kind of MultiTaskNet is built from.
+
+    Args:
+        tasks: default tasks with their output channels, in branch order.
+        input_size: default square input side.
+        output_strides: the trunk's allowed output strides, the default first.
+        head: the head class, built as ``head(in_channels, outputs, output_stride)``.
+        lr_mult: the reference's learning-rate multipliers of the trunks and heads; the fusion
+            group's depends on the method (models.fusion.FUSION_LR_MULT).
+    """
+
+    tasks: dict[str, int]
+    input_size: int
+    output_strides: tuple[int, ...]
+    head: type[nn.Module]
+    lr_mult: dict[str, float]
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "image": Architecture({"gender": 2, "age": 8}, 224, (32,), ClassifierHead, {"backbone": 1.0, "head": 1.0}),
+    # pixel nets: ASPP and decoders at 10x the backbone rate
+    "pixel": Architecture({"seg": 40, "depth": 1}, 300, (16, 8), DeepLabHead, {"backbone": 1.0, "head": 10.0}),
 }
+KINDS = tuple(ARCHITECTURES)
 
 
 @dataclass
@@ -77,7 +95,7 @@ class ModelConfig:
     depths: list[int] = field(default_factory=lambda: list(RESNET50_DEPTHS))
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
+        if self.kind not in ARCHITECTURES:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
@@ -85,17 +103,16 @@ class ModelConfig:
             raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {self.grad_mode!r}")
         if self.fusion_init not in FUSION_INITS:
             raise ValueError(f"fusion_init must be one of {FUSION_INITS}, got {self.fusion_init!r}")
-        d = DEFAULTS[self.kind]
-        self.tasks = dict(self.tasks or d["tasks"])
-        self.input_size = int(self.input_size or d["input_size"])
-        self.output_stride = int(self.output_stride or d["output_stride"])
+        arch = ARCHITECTURES[self.kind]
+        self.tasks = dict(self.tasks or arch.tasks)
+        self.input_size = int(self.input_size or arch.input_size)
+        self.output_stride = int(self.output_stride or arch.output_strides[0])
         self.depths = [int(n) for n in self.depths]
         if len(self.tasks) != 2:
             raise ValueError(f"these networks join exactly two tasks, got {list(self.tasks)}")
-        if self.kind == "pixel" and self.output_stride not in (8, 16):
-            raise ValueError(f"pixel networks use output stride 8 or 16, got {self.output_stride}")
-        if self.kind == "image" and self.output_stride != 32:
-            raise ValueError(f"image networks use output stride 32, got {self.output_stride}")
+        if self.output_stride not in arch.output_strides:
+            raise ValueError(f"{self.kind} networks use output stride {' or '.join(map(str, arch.output_strides))}, "
+                             f"got {self.output_stride}")
         unknown = set(self.protect_tasks or ()) - set(self.tasks)
         if unknown:
             raise ValueError(f"protect_tasks {sorted(unknown)} are not tasks of this model ({list(self.tasks)})")
@@ -131,13 +148,9 @@ class MultiTaskNet(nn.Module):
         self.branch_of = {t: (SHARED if config.fusion == SHARED else t) for t in self.tasks}
         self.trunks = nn.ModuleDict({b: Trunk(config.output_stride, config.depths) for b in config.branches})
         trunk = self.trunks[config.branches[0]]
-        channels = trunk.stage4_channels
-        if config.kind == "image":
-            self.heads = nn.ModuleDict({t: ClassifierHead(channels, n) for t, n in config.tasks.items()})
-        else:
-            self.heads = nn.ModuleDict(
-                {t: DeepLabHead(n, channels, config.output_stride) for t, n in config.tasks.items()}
-            )
+        head = ARCHITECTURES[config.kind].head
+        self.heads = nn.ModuleDict({t: head(trunk.stage4_channels, n, config.output_stride)
+                                    for t, n in config.tasks.items()})
         self.points = resolve_points(config.fusion, config.fusion_at, config.depths)
         self.fusions = nn.ModuleDict({point_key(name): self._make_fusion(trunk, stage, name)
                                       for stage, _, name in self.points})
@@ -208,7 +221,7 @@ class MultiTaskNet(nn.Module):
     def default_lr_mult(self) -> dict[str, float]:
         """The multipliers of the 'backbone', 'fusion' and 'head' groups for this kind and method."""
         kind = self.config.kind
-        return {**DEFAULTS[kind]["lr_mult"], "fusion": FUSION_LR_MULT.get(self.config.fusion, {}).get(kind, 1.0)}
+        return {**ARCHITECTURES[kind].lr_mult, "fusion": FUSION_LR_MULT.get(self.config.fusion, {}).get(kind, 1.0)}
 
     def param_groups(self, lr: float, lr_mult: Mapping[str, float] | None = None,
                      weight_decay: float = 0.0) -> list[dict[str, Any]]:
@@ -232,47 +245,65 @@ class MultiTaskNet(nn.Module):
         return groups
 
 
-def build_model(kind: str, fusion: str = "afa", grad_mode: str = "protect", *,
-                backbone_weights: WeightsSpec = None, verbose: bool = False, **options: Any) -> MultiTaskNet:
-    """Build an image or pixel AFA network.
+def build_model(kind: str, fusion: str | None = None, grad_mode: str = "protect", *,
+                backbone_weights: WeightsSpec = None, verbose: bool = False, **options: Any) -> nn.Module:
+    """Build a network of ``kind``: 'image', 'pixel' (models.MultiTaskNet) or 'series' (models.series).
 
     Args:
-        kind: 'image' (ResNet-50 branches, heads gender/age) or 'pixel' (DeepLabv3+ branches,
-            heads seg/depth).
-        fusion: 'none' (single-task pair), 'shared' (hard sharing), 'cross_stitch', 'nddr' or 'afa'.
-        grad_mode: 'joint', 'protect' or 'adaptive' (see models.afa).
+        kind: 'image' (ResNet-50 branches, heads gender/age), 'pixel' (DeepLabv3+ branches, heads
+            seg/depth) or 'series' (PAU / Siamese photo-preference networks).
+        fusion: image and pixel: 'none' (single-task pair), 'shared' (hard sharing), 'cross_stitch',
+            'nddr' or 'afa' (the default); series: 'pau' (the default) or 'siamese'.
+        grad_mode: 'joint', 'protect' or 'adaptive' (see models.afa; image and pixel only).
         backbone_weights: None (random init), 'imagenet' (torchvision's weights API), a path
             to a torchvision ResNet-50 state-dict file, or such a dict; the same tensors go
             into every branch.
         verbose: print which source keys were left unused by the backbone load.
-        **options: ModelConfig fields: tasks ({name: channels}, two tasks), input_size
-            (the square crop the net is fed; sets SAM's size), output_stride, tau, protect_tasks,
-            fusion_at, fusion_init, depths.
-
-    ``kind='series'`` builds a series photo selection network instead (models/series.py):
-    fusion 'pau' or 'siamese', options input_size, shared_units, symmetric.
+        **options: the config's fields. Image and pixel (ModelConfig): tasks ({name: channels}, two
+            tasks), input_size (the square crop the net is fed; sets SAM's size), output_stride, tau,
+            protect_tasks, fusion_at, fusion_init, depths. Series (SeriesConfig): input_size,
+            shared_units, symmetric, depths.
     """
-    if kind == "series":
-        from .series import build_series_model
-        return build_series_model(fusion, backbone_weights=backbone_weights, verbose=verbose, **options)
+    if kind not in BUILDERS:
+        raise ValueError(f"kind must be one of {tuple(BUILDERS)}, got {kind!r}")
+    model = BUILDERS[kind](kind, fusion, grad_mode, **options)
+    if backbone_weights is not None:
+        unused = model.load_backbone_weights(backbone_weights)
+        if verbose and unused:
+            print(f"backbone weights: loaded into every trunk; unused keys: {', '.join(unused)}")
+    return model
+
+
+def _multitask(kind: str, fusion: str | None, grad_mode: str, **options: Any) -> MultiTaskNet:
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = set(options) - fields
     if unknown:
         raise TypeError(f"build_model() got unknown options {sorted(unknown)}; accepted: {sorted(fields - {'kind'})}")
-    model = MultiTaskNet(ModelConfig(kind=kind, fusion=fusion, grad_mode=grad_mode, **options))
-    if backbone_weights is not None:
-        unused = model.load_backbone_weights(backbone_weights)
-        if verbose and unused:
-            print(f"backbone weights: loaded into {len(model.tasks)} branches; unused keys: {', '.join(unused)}")
-    return model
+    return MultiTaskNet(ModelConfig(kind=kind, fusion=fusion or "afa", grad_mode=grad_mode, **options))
 
 
-def model_from_config(config: Mapping[str, Any]) -> MultiTaskNet:
-    """Rebuild a network from ``ModelConfig.to_dict()`` output (as stored in checkpoints)."""
-    if config.get("kind") == "series":  # SeriesConfig.to_dict() output
-        from .series import SeriesConfig, SeriesNet
-        return SeriesNet(SeriesConfig(**config))
-    return MultiTaskNet(ModelConfig(**config))
+def _series(kind: str, fusion: str | None, grad_mode: str, **options: Any) -> SeriesNet:
+    return build_series_model(fusion or "pau", **options)  # no gradient modes: one task, no fusion between tasks
+
+
+# kind -> builder(kind, fusion, grad_mode, **options), the paper's network when fusion is None
+BUILDERS = {**{kind: _multitask for kind in ARCHITECTURES}, "series": _series}
+
+
+# kind -> (config class, network class): what a stored config rebuilds
+NETWORKS: dict[str, tuple[type, type[nn.Module]]] = {
+    **{kind: (ModelConfig, MultiTaskNet) for kind in ARCHITECTURES},
+    "series": (SeriesConfig, SeriesNet),
+}
+
+
+def model_from_config(config: Mapping[str, Any]) -> nn.Module:
+    """Rebuild a network from its config's ``to_dict()`` output (as stored in checkpoints)."""
+    kind = config.get("kind")
+    if kind not in NETWORKS:
+        raise ValueError(f"kind must be one of {tuple(NETWORKS)}, got {kind!r}")
+    config_cls, network = NETWORKS[kind]
+    return network(config_cls(**config))
 
 
 def init_from_stage1(model: MultiTaskNet, state_dict: Mapping[str, Tensor],

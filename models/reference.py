@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor
 
-from .multitask import DEFAULTS, KINDS
+from .multitask import ARCHITECTURES, KINDS
 from .series import convert_series_keys
 
 # Template fields: {T} branch (A/B vs task name), {N} branch number (1/2 vs task name), {i} and
@@ -66,16 +66,22 @@ _PIXEL_HEAD = (
 )
 
 
+# kind -> (prefix of the original's trunk and fusion keys, head templates): pixel nets keep the trunk
+# and the fusion units under 'backbone.', image nets at the top level.
+_LAYOUT = {"image": ("", _IMAGE_HEAD), "pixel": ("backbone.", _PIXEL_HEAD)}
+
+
 def _rules(kind: str, fusion: str) -> list[tuple[str, str]]:
     """(reference, ours) templates of one network. Pixel nets keep trunk and fusions under 'backbone.'."""
     if fusion not in _FUSION:
         raise ValueError(f"fusion must be one of {tuple(_FUSION)}, got {fusion!r}")
     body = (_SHARED_TRUNK if fusion == "shared" else _TRUNK) + _FUSION[fusion]
-    if kind == "image":
-        return body + _IMAGE_HEAD
-    return [("backbone." + ref, ours) for ref, ours in body] + _PIXEL_HEAD
+    prefix, head = _LAYOUT[kind]
+    return [(prefix + ref, ours) for ref, ours in body] + head
 
 
+# kinds whose original code is another repository, with its own converter(state_dict, fusion, to_ours)
+_OTHER_CODE = {"series": convert_series_keys}  # Series-Photo-Selection (models/series.py)
 _FIELD = {"i": r"\d+", "j": r"\d+", "m": r"conv[123]|bn[123]|downsample", "p": r".+"}
 _BRANCH_FIELDS = {"T": ("A", "B"), "N": ("1", "2")}  # how the original names task 1 and task 2
 
@@ -95,7 +101,7 @@ def _convert(state_dict: Mapping[str, Tensor], kind: str, fusion: str | None, ta
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     fusion = fusion or "afa"
-    tasks = list(tasks or DEFAULTS[kind]["tasks"])
+    tasks = list(tasks or ARCHITECTURES[kind].tasks)
     # per branch field: the original's spelling -> task name (to_ours), or the reverse
     names = {f: dict(zip(spell, tasks)) if to_ours else dict(zip(tasks, spell)) for f, spell in _BRANCH_FIELDS.items()}
     rules = [(src, dst) if to_ours else (dst, src) for src, dst in _rules(kind, fusion)]
@@ -129,14 +135,14 @@ def convert_reference_state_dict(state_dict: Mapping[str, Tensor], kind: str, fu
     points. ``tasks`` names task 1 and task 2 (defaults: gender, age / seg, depth). Keys that fit
     no rule raise a ValueError listing them.
     """
-    if kind == "series":  # the third argument is the fusion: 'pau' or 'siamese' (models/series.py)
-        return convert_series_keys(state_dict, fusion or "", to_ours=True)
+    if kind in _OTHER_CODE:  # series: the third argument is the fusion, 'pau' or 'siamese'
+        return _OTHER_CODE[kind](state_dict, fusion or "", to_ours=True)
     return _convert(state_dict, kind, fusion, tasks, to_ours=True)
 
 
 def to_reference_state_dict(state_dict: Mapping[str, Tensor], kind: str, fusion: str | None = None,
                             tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
     """The inverse of :func:`convert_reference_state_dict`: our names to the original's."""
-    if kind == "series":  # the third argument is the fusion: 'pau' or 'siamese' (models/series.py)
-        return convert_series_keys(state_dict, fusion or "", to_ours=False)
+    if kind in _OTHER_CODE:
+        return _OTHER_CODE[kind](state_dict, fusion or "", to_ours=False)
     return _convert(state_dict, kind, fusion, tasks, to_ours=False)

@@ -1,7 +1,7 @@
 """Series photo selection: which of two near-duplicate photos of one scene do people prefer?
 
 Shen et al., "Learning multi-scale attentive features for series photo selection", ICASSP 2020
-(the PAU network), and its Siamese baseline; see ``../shared/design/series.md``. Both networks
+(the PAU network), and its Siamese baseline (docs/networks.md). Both networks
 read photos A and B with one shared ResNet-50 and classify a descriptor difference:
 
     logits = W (d(A) - d(B)) + w_0,   (B, 2); class 0: A is preferred, class 1: B is.
@@ -29,14 +29,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbone import Trunk, WeightsSpec, load_trunk_weights, torchvision_state_dict
+from .backbone import RESNET50_DEPTHS, Trunk, WeightsSpec, load_trunk_weights, torchvision_state_dict
 
 SERIES_FUSIONS = ("siamese", "pau")
 PAU_STAGES = ("layer2", "layer3", "layer4")
@@ -57,6 +57,8 @@ class SeriesConfig:
             networks accept any size, the descriptors are globally pooled).
         shared_units: one set of PAUs for both photos instead of one per photo.
         symmetric: test-time symmetrisation (eval mode only).
+        depths: bottlenecks per ResNet stage (ResNet-50's 3, 4, 6, 3; fewer builds tiny networks for
+            tests, which cannot take ImageNet weights).
     """
 
     kind: str = "series"
@@ -64,6 +66,7 @@ class SeriesConfig:
     input_size: int = 224
     shared_units: bool = False
     symmetric: bool = False
+    depths: list[int] = field(default_factory=lambda: list(RESNET50_DEPTHS))
 
     def __post_init__(self) -> None:
         if self.kind != "series":
@@ -73,6 +76,7 @@ class SeriesConfig:
         if self.shared_units and self.fusion != "pau":
             raise ValueError("shared_units applies to the PAU network only (the Siamese net has no units)")
         self.input_size = int(self.input_size)
+        self.depths = [int(n) for n in self.depths]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -141,7 +145,7 @@ class SeriesNet(nn.Module):
     def __init__(self, config: SeriesConfig) -> None:
         super().__init__()
         self.config = config
-        self.trunk = Trunk(output_stride=32)
+        self.trunk = Trunk(output_stride=32, depths=config.depths)
         self.units = nn.ModuleDict()
         if config.fusion == "pau":
             channels = [getattr(self.trunk, s)[-1].conv3.out_channels for s in PAU_STAGES]  # 512, 1024, 2048
@@ -178,6 +182,18 @@ class SeriesNet(nn.Module):
             logits = (logits + swapped.flip(1)) / 2
         return {"pair": logits}
 
+    # -- what the training loop asks of every network ------------------------------------------
+
+    def monitor_fusions(self, enabled: bool = True) -> None:
+        """No fusion between tasks to watch (one task); see MultiTaskNet.monitor_fusions."""
+
+    def fusion_stats(self) -> dict[str, float]:
+        return {}
+
+    def shared_parameters(self) -> list[Tensor]:
+        """None: the loss weightings that need parameters shared by tasks do not apply to one task."""
+        return []
+
     # -- weights ---------------------------------------------------------------------------
 
     def load_backbone_weights(self, weights: WeightsSpec) -> list[str]:
@@ -211,7 +227,7 @@ def build_series_model(fusion: str = "pau", *, backbone_weights: WeightsSpec = N
         backbone_weights: None (random init), 'imagenet', a path to a torchvision ResNet-50
             state-dict file, or such a dict.
         verbose: print which source keys were left unused by the backbone load.
-        **options: SeriesConfig fields: input_size, shared_units, symmetric.
+        **options: SeriesConfig fields: input_size, shared_units, symmetric, depths.
     """
     fields = {f.name for f in dataclasses.fields(SeriesConfig)} - {"kind", "fusion"}
     unknown = set(options) - fields

@@ -50,12 +50,14 @@ def test_steps_report(tmp_path, capsys):
 
 
 def test_random_batch_targets():
-    b = bench.random_batch("pixel", 2, 40, torch.device("cpu"), channels_last=True)
+    pixel = {"kind": "pixel", "input_size": 40, "tasks": {"seg": 40, "depth": 1}}
+    b = bench.random_batch(pixel, 2, torch.device("cpu"), channels_last=True)
     seg, depth = b["seg"], b["depth"]
     assert seg.dtype == torch.int64 and set(seg.unique().tolist()) <= set(range(40)) | {255} and (seg == 255).any()
     assert depth.shape == (2, 1, 40, 40) and (depth >= 0).all() and (depth == 0).any() and (depth > 0).any()
     assert b["image"].is_contiguous(memory_format=torch.channels_last)
-    b = bench.random_batch("image", 16, 8, torch.device("cpu"), channels_last=False)
+    image = {"kind": "image", "input_size": 8, "tasks": {"gender": 2, "age": 8}}
+    b = bench.random_batch(image, 16, torch.device("cpu"), channels_last=False)
     assert b["gender"].max() <= 1 and b["age"].max() <= 7 and b["age"].min() >= 0
 
 

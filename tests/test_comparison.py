@@ -10,7 +10,7 @@ import torch
 
 import train_image
 import train_pixel
-from engine import trainer
+from engine import train as trainer
 from engine.checkpoint import load_checkpoint
 from engine.logger import read_log
 

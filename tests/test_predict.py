@@ -12,11 +12,13 @@ from safetensors.torch import load_file, save_file
 
 import eval as eval_script
 import predict
-from data import AGE_GROUPS, NYUv2
+from data import AGE_GROUPS, NYUv2, normalize
+from data.phototriage import fix_scale_crop
 from data.prepare_nyuv2 import prepare_nyuv2
 from data.synthetic import write_nyuv2
 from engine.checkpoint import save_checkpoint
-from engine.inference import load_model, preprocessing, read_image, task_labels
+from engine.inference import read_image
+from families import ImageFamily, PixelFamily, load_model
 from models import ModelConfig, build_model, from_pretrained
 from models.pretrained import CONFIG_NAME, WEIGHTS_NAME, PretrainedError
 from tools.export import export
@@ -202,10 +204,14 @@ def test_export_then_from_pretrained_gives_the_checkpoints_outputs(pixel_ckpt, t
 
 def test_labels_and_preprocessing_of_the_config():
     image = ModelConfig(kind="image", input_size=SIZE).to_dict()  # no network needed
-    assert task_labels(image) == {"gender": ["m", "f"], "age": list(AGE_GROUPS)}
-    assert preprocessing(image)["resize_shorter_side"] == round(SIZE * 256 / 224)
-    assert task_labels({"kind": "pixel", "tasks": {"seg": 13, "depth": 1}})["seg"][0] == "bed"
-    assert task_labels({"kind": "pixel", "tasks": {"seg": 3, "depth": 1}}) == {"seg": ["class_0", "class_1", "class_2"]}
+    assert ImageFamily.labels(image, {}) == {"gender": ["m", "f"], "age": list(AGE_GROUPS)}
+    assert ImageFamily.preprocessing(image, {})["resize_shorter_side"] == round(SIZE * 256 / 224)
+    assert PixelFamily.labels({"kind": "pixel", "tasks": {"seg": 13, "depth": 1}}, {})["seg"][0] == "bed"
+    assert PixelFamily.labels({"kind": "pixel", "tasks": {"seg": 3, "depth": 1}}, {}) == {
+        "seg": ["class_0", "class_1", "class_2"]}
+    # the class names a checkpoint recorded win over the tables
+    recorded = {"labels": {"seg": ["a", "b", "c"]}}
+    assert PixelFamily.labels({"kind": "pixel", "tasks": {"seg": 3, "depth": 1}}, recorded) == {"seg": ["a", "b", "c"]}
 
 
 class _Payload:
@@ -278,7 +284,7 @@ def test_series_folders_are_ranked_by_pairwise_wins(tmp_path):
         assert [int(r["rank"]) for r in mine] == list(range(1, len(paths) + 1))
         assert sum(int(r["wins"]) for r in mine) == len(paths) * (len(paths) - 1) // 2  # one win per pair
         # the wins are the network's own answers on each pair (i, j) as (a, b)
-        x = {str(p): predict.normalize(predict.fix_scale_crop(read_image(p), 32))[None] for p in paths}
+        x = {str(p): normalize(fix_scale_crop(read_image(p), 32))[None] for p in paths}
         wins = dict.fromkeys(x, 0)
         with torch.no_grad():
             for i, a in enumerate(paths):

@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training import REPO, event_scalars
+from test_training import REPO, TINY, event_scalars
 from torch.utils.data import DataLoader, Subset
 
 import eval as eval_script
 import train_series
 from data import PairEvalTransform, Phototriage
 from data.synthetic_series import write_phototriage
-from engine import trainer
+from engine import train as trainer
 from engine.checkpoint import load_checkpoint
-from engine.metrics import SeriesMeter, series_metrics, validation_score
+from engine.metrics import SeriesMeter, series_metrics
 from engine.runs import parse_with_explicit
-from engine.series import series_evaluate
+from families import SeriesFamily
 from models import model_from_config
 
 KEYS = ["pair/acc", "pair/acc_agree", "pair/nll", "series/top1"]
@@ -38,7 +38,7 @@ def phototriage(tmp_path_factory):
 def args(root, tmp, *extra):
     return train_series.get_args_parser().parse_args([
         "--data-root", str(root), "--crop-size", "32", "--batch-size", "2", "--epochs", "1", "--limit-batches", "2",
-        "--workers", "0", "--device", "cpu", "--pretrained", "none",
+        "--workers", "0", "--device", "cpu", "--pretrained", "none", "--depths", *TINY,
         "--out", str(tmp / "series_last.pth"), "--logdir", str(tmp / "run"), *extra])
 
 
@@ -70,7 +70,8 @@ def test_train_eval_and_metrics_recomputed_from_predictions_csv(phototriage, tmp
     assert train_series.main(args(phototriage, run, "--log-every", "1", "--precise-bn", "2")) == 0
     ck = load_checkpoint(run / "series_best.pth")
     assert ck["kind"] == "series" and ck["model_config"] == {"kind": "series", "fusion": "pau", "input_size": 32,
-                                                             "shared_units": False, "symmetric": False}
+                                                             "shared_units": False, "symmetric": False,
+                                                             "depths": [int(n) for n in TINY]}
     assert {"loss/pair", "opt/lr_head", "val/pair/acc", "val/series/top1"} <= event_scalars(run / "run")
     record = json.loads((run / "run" / "log.jsonl").read_text().splitlines()[0])
     assert {f"val/{k}" for k in KEYS} <= set(record) and record["val/score"] == record["val/pair/acc"]
@@ -136,7 +137,7 @@ def test_series_metrics_against_hand_computed_values():
     assert series_metrics(cyc)["series/top1"] == 1.0  # photo 1: 0.9 + 0.4 = 1.3 > 0.7 (2), 1.0 (3)
     meter = SeriesMeter()
     meter.update(*(torch.tensor(c, dtype=torch.float64 if k > 2 else torch.int64) for k, c in enumerate(zip(*rows))))
-    assert meter.compute() == m and validation_score(m) == m["pair/acc"]
+    assert meter.compute() == m and SeriesFamily.score(m) == m["pair/acc"]
     assert all(math.isnan(v) for v in series_metrics([]).values())
 
 
@@ -145,7 +146,8 @@ def test_torchrun_two_processes_rank_the_series_whole(phototriage, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "train_series.py", "--data-root", str(phototriage),
            "--crop-size", "32", "--batch-size", "2", "--epochs", "1", "--limit-batches", "3", "--workers", "0",
-           "--device", "cpu", "--pretrained", "none", "--fusion", "siamese", "--out", str(tmp_path / "ddp_last.pth"),
+           "--device", "cpu", "--pretrained", "none", "--fusion", "siamese", "--depths", *TINY,
+           "--out", str(tmp_path / "ddp_last.pth"),
            "--logdir", str(tmp_path / "run"), "--precise-bn", "2"]  # the same BN statistics on both ranks
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
@@ -160,6 +162,7 @@ def test_torchrun_two_processes_rank_the_series_whole(phototriage, tmp_path):
     # each rank saw at most 3 batches of 2 of its half (EpochSampler without padding: every other pair)
     seen = [k for rank in (0, 1) for k in list(range(len(val)))[rank::2][:6]]
     loader = DataLoader(Subset(val, seen), batch_size=2)
-    metrics = series_evaluate(lambda a, b: model(a, b), loader, torch.device("cpu"), None, meter=meter)
+    family = SeriesFamily.from_checkpoint(ck)
+    metrics = family.evaluate(lambda a, b: model(a, b), loader, torch.device("cpu"), None, meter=meter)
     assert len(meter.rows) == len(seen) and len({r[0] for r in meter.rows}) > 1
     assert {k: record[f"val/{k}"] for k in KEYS} == pytest.approx(metrics, rel=1e-5)

@@ -21,7 +21,7 @@ import torch
 import eval as eval_script
 import train_image
 import train_pixel
-from engine import trainer
+from engine import train as trainer
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.metrics import ImageMeter, PixelMeter, multitask_delta
 
@@ -183,7 +183,9 @@ def test_sigterm_writes_a_resumable_checkpoint(adience, tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(adience, tmp_path, monkeypatch, capsys):
     args = image_args(adience, tmp_path, "--epochs", "2")
-    real = trainer.TaskFamily.__init__
+    from families.base import Family
+
+    real = Family.__init__
 
     def poisoned_family(self, *a, **kw):
         real(self, *a, **kw)
@@ -198,7 +200,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(adience, tmp_p
 
         self.losses = nan_on_third_call
 
-    monkeypatch.setattr(trainer.TaskFamily, "__init__", poisoned_family)
+    monkeypatch.setattr(Family, "__init__", poisoned_family)
     assert train_image.main(args) == 3
     assert "non-finite age loss at iteration 2" in capsys.readouterr().err
     ck = load_checkpoint(tmp_path / "image_last.pth")  # written after epoch 1, never overwritten
@@ -375,8 +377,9 @@ def test_precise_bn_replaces_running_stats_by_batch_averages():
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
     batches = [{"image": torch.randn(2, 3, 5, 5) * (i + 1) + i} for i in range(3)]
-    args = trainer.argparse.Namespace(channels_last=False, amp="none")
-    trainer.recompute_bn_stats(model, batches, 2, torch.device("cpu"), args, DistInfo())
+    from engine.setup import recompute_bn_stats
+
+    recompute_bn_stats(model, iter(batches[:2]), torch.device("cpu"), "none", False, DistInfo())
     with torch.no_grad():
         feats = [model[0](b["image"]) for b in batches[:2]]
     bn = model[1]

@@ -4,7 +4,7 @@
 
 The folder is what to publish: tensors only (safetensors, no pickle: loading it runs no code) and a
 JSON config with the model config, the preprocessing (input size, mean, std, windows or resize/crop)
-and the task label names. ``models.from_pretrained(DIR)``, ``predict.py --checkpoint DIR`` and
+the task label names and what the network was trained on (dataset, frame size, units). ``models.from_pretrained(DIR)``, ``predict.py --checkpoint DIR`` and
 ``torch.hub.load(REPO, 'afanet_pixel', weights=DIR_OR_URL)`` read it. The export is checked by
 reading the file back and comparing every tensor with the checkpoint's.
 """
@@ -24,13 +24,13 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from engine.checkpoint import CheckpointError  # noqa: E402
-from engine.inference import load_model  # noqa: E402
+from families import load_model  # noqa: E402
 from models.pretrained import WEIGHTS_NAME, PretrainedError, read_config, save_pretrained  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", help="a checkpoint written by train_pixel.py / train_image.py")
+    p.add_argument("checkpoint", help="a checkpoint written by a training script (*_best.pth)")
     p.add_argument("out", metavar="DIR", help="output folder (model.safetensors, config.json)")
     return p
 
@@ -38,14 +38,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 def export(checkpoint: str | Path, out: str | Path) -> Path:
     """Write the released-weights folder of ``checkpoint`` and verify it; returns the folder."""
     if Path(checkpoint).is_dir():
-        raise CheckpointError(f"{checkpoint}: a folder; expected a checkpoint file of train_pixel.py / train_image.py")
+        raise CheckpointError(f"{checkpoint}: a folder; expected a checkpoint file of a training script")
     model, info = load_model(checkpoint)  # strict: the weights must fit the stored model config
     metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v)  # JSON has no NaN
                for k, v in (info.get("best_metrics") or {}).items()}
     source = {"checkpoint": Path(checkpoint).name, "epoch": info.get("epoch"), "metrics": metrics or None}
     folder = save_pretrained(model, out, {"preprocessing": info["preprocessing"], "labels": info["labels"],
-                                          "units": {"depth": "metres"} if "depth" in model.tasks else {},
-                                          "source": source})
+                                          "data": info["data"], "source": source})
     read_config(folder)
     loaded, own = load_file(str(folder / WEIGHTS_NAME)), model.state_dict()
     if loaded.keys() != own.keys() or not all(torch.equal(loaded[k], v) for k, v in own.items()):

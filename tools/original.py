@@ -28,6 +28,7 @@ import numpy as np
 from torch import nn
 
 from models.backbone import RESNET50_DEPTHS, feature_size
+from models.multitask import ARCHITECTURES
 
 BASELINE_COMMIT = "4fabc70"
 LATEST_FILES = ("layer_afa", "net_image_resnet", "net_image_afalayer", "net_pixel_deeplab", "net_pixel_afalayer")
@@ -107,6 +108,27 @@ def _unshare_downsample(net: nn.Module) -> None:
             m.B_downsample = copy.deepcopy(a)
 
 
+def _image_net(mod: types.ModuleType, depths: Sequence[int], stack: contextlib.ExitStack) -> nn.Module:
+    """``ResNet(Bottleneck, depths)`` directly: ``make_network`` would download ImageNet weights."""
+    n1, n2 = NUM_CLASSES["image"]
+    return mod.ResNet(mod.Bottleneck, list(depths), num_classes1=n1, num_classes2=n2)
+
+
+def _pixel_net(mod: types.ModuleType, depths: Sequence[int], stack: contextlib.ExitStack) -> nn.Module:
+    """``DeepLab`` with its backbone built without the ImageNet download (patched for the build)."""
+    if depths[3] != 3:
+        raise ValueError(f"the original pixel nets' stage 4 has 3 blocks, got depths {list(depths)}")
+    resnet = mod.ResNet
+    stack.enter_context(_patched(resnet, "_load_pretrained_model", lambda self: None))
+    stack.enter_context(_patched(mod, "ResNet_backbone", lambda os_, bn, pretrained=True: resnet(
+        mod.Bottleneck, list(depths), bn, os_, pretrained=False)))
+    n1, n2 = NUM_CLASSES["pixel"]
+    return mod.DeepLab(output_stride=16, num_classes1=n1, num_classes2=n2)
+
+
+_BUILDERS = {"image": _image_net, "pixel": _pixel_net}
+
+
 def build_original(root: str | Path, kind: str, fusion: str, size: int, depths: Sequence[int] = RESNET50_DEPTHS,
                    grad_mode: str = "protect") -> nn.Module:
     """The original network for ``build_model(kind, fusion, grad_mode, input_size=size, depths=depths)``.
@@ -126,25 +148,15 @@ def build_original(root: str | Path, kind: str, fusion: str, size: int, depths: 
         raise ValueError(f"the original code has grad modes joint and protect, not {grad_mode!r}")
     name, commit = NETWORK_FILES[(kind, fusion)]
     mod = import_original(root, name, commit)
-    n1, n2 = NUM_CLASSES[kind]
     with contextlib.ExitStack() as stack:
         if fusion == "afa":
-            side = feature_size(size, 32 if kind == "image" else 16)
+            side = feature_size(size, ARCHITECTURES[kind].output_strides[0])
             lib = sys.modules["layer_afa"]
             cam, sam = ((lib.AFA_layer_cam, lib.AFA_layer_sam) if grad_mode == "joint"
                         else (lib.AFA_layer_cam_data, lib.AFA_layer_sam_data))
             stack.enter_context(_patched(mod, "AFA_layer_cam_data", cam))
             stack.enter_context(_patched(mod, "AFA_layer_sam_data", lambda *a, **k: sam(h=side, w=side)))
-        if kind == "image":
-            net = mod.ResNet(mod.Bottleneck, list(depths), num_classes1=n1, num_classes2=n2)
-        else:
-            if depths[3] != 3:
-                raise ValueError(f"the original pixel nets' stage 4 has 3 blocks, got depths {list(depths)}")
-            resnet = mod.ResNet
-            stack.enter_context(_patched(resnet, "_load_pretrained_model", lambda self: None))
-            stack.enter_context(_patched(mod, "ResNet_backbone", lambda os_, bn, pretrained=True: resnet(
-                mod.Bottleneck, list(depths), bn, os_, pretrained=False)))
-            net = mod.DeepLab(output_stride=16, num_classes1=n1, num_classes2=n2)
+        net = _BUILDERS[kind](mod, depths, stack)
     if commit is not None:
         _unshare_downsample(net)
     for attr in ("avgpool", "A_avgpool", "B_avgpool"):  # AvgPool2d(7): global at 224 px only
