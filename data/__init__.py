@@ -1,4 +1,5 @@
-"""Datasets, transforms and protocol helpers for NYUv2 (pixel tasks), Adience (image tasks) and Phototriage (series).
+"""Datasets, transforms and protocol helpers for NYUv2 and Cityscapes (pixel tasks), Adience (image tasks) and
+Phototriage (series).
 
 Command-line tools: ``python -m data.prepare_nyuv2`` (official .mat -> prepared folder) and ``python -m
 data.synthetic`` (small synthetic datasets in the official on-disk formats). Public names are imported from their
@@ -14,6 +15,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Adience",
+    "Cityscapes",
     "DataError",
     "DataNotFoundError",
     "ImageEvalTransform",
@@ -37,6 +39,7 @@ _HOME = {
     "Adience": "adience",
     "adience_protocol": "adience",
     "split_train_val": "adience",
+    "Cityscapes": "cityscapes",
     "DataError": "errors",
     "DataNotFoundError": "errors",
     "NYUv2": "nyuv2",

@@ -15,9 +15,17 @@ Split names:
   to file order (defaults: 10 %, seed 0).
 - ``'train_noval'``: ``'train'`` minus ``'val'``.
 
+Classes (``seg_classes``): None = the layout's own (official 40, MTAN 13); 40 (official only: the MTAN folder holds
+13-class labels and cannot be expanded, a DataError); 13 = the 40 classes mapped with ``labels13`` of
+class13Mapping.mat (``CLASS_13_OF_40``: 1 bed, 2 books, 3 ceiling, 4 chair, 5 floor, 6 furniture, 7 objects,
+8 picture, 9 sofa, 10 table, 11 tv, 12 wall, 13 window -> seg 0..12 in that order; MTAN's labels are taken to use
+the same order, an inference of the design note), unlabeled pixels staying ``IGNORE_INDEX``. ``num_classes`` and
+``class_names`` follow.
+
 Samples (``transform=None``) are dicts:
 
-- official: ``'image'`` uint8 (3, 480, 640) RGB, the source frame; ``'seg'`` int64 (480, 640), 0..39, 255 = ignore;
+- official: ``'image'`` uint8 (3, 480, 640) RGB, the source frame; ``'seg'`` int64 (480, 640), 0..39 (or 0..12),
+  255 = ignore;
   ``'depth'`` float32 (1, 480, 640) metres, 0 = invalid; ``'index'`` int, the 1-based NYU frame index.
 - mtan: ``'image'`` uint8 (3, 288, 384) = round(255 * image); ``'seg'`` int64 (288, 384), 0..12, 255 = ignore
   (MTAN's -1); ``'depth'`` float32 (1, 288, 384) metres, 0 = invalid; ``'normal'`` float32 (3, 288, 384), all-zero =
@@ -34,7 +42,8 @@ import torch
 from torch.utils.data import Dataset
 
 from data.errors import DataError, require_dir
-from data.nyuv2_tables import CLASS_NAMES_13, FORMAT, FORMAT_VERSION, IGNORE_INDEX
+from data.labels import IGNORE_INDEX
+from data.nyuv2_tables import CLASS_13_OF_40, CLASS_NAMES_13, FORMAT, FORMAT_VERSION
 
 SPLITS = ("train", "test", "val", "train_noval")
 LAYOUTS = (
@@ -43,6 +52,14 @@ LAYOUTS = (
 )
 _OFFICIAL_FILES = ("image.npy", "seg.npy", "depth.npy", "index.npy")
 _MTAN_PARTS = ("image", "label", "depth", "normal")
+SEG_CLASSES = (None, 40, 13)
+
+
+def class13_lut() -> np.ndarray:
+    """(256,) int64 lookup table from the 40-class seg 0..39 to the 13-class seg 0..12 (``IGNORE_INDEX`` elsewhere)."""
+    lut = np.full(256, IGNORE_INDEX, np.int64)
+    lut[: len(CLASS_13_OF_40)] = CLASS_13_OF_40.astype(np.int64) - 1
+    return lut
 
 
 def carve_val(n: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -111,9 +128,12 @@ class NYUv2(Dataset):
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         val_fraction: float = 0.1,
         val_seed: int = 0,
+        seg_classes: int | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        if seg_classes not in SEG_CLASSES:
+            raise ValueError(f"seg_classes must be None, 40 or 13, got {seg_classes!r}")
         self.root = require_dir(root, LAYOUTS)
         self.split = split
         self.transform = transform
@@ -128,11 +148,19 @@ class NYUv2(Dataset):
             numbers = np.load(self.folder / "index.npy")
             self.num_classes: int = meta["num_classes"]
             self.class_names: list[str] = meta["class_names"]
+            if seg_classes is not None and self.num_classes != 40:
+                raise DataError(f"{self.root / 'meta.json'}: {self.num_classes} classes; expected 40 to map them")
         else:
+            if seg_classes == 40:
+                raise DataError(f"{self.root}: an MTAN folder holds 13-class labels only; use seg_classes=13 or None")
             self.folder = self.root / ("val" if source == "test" else "train")  # MTAN's val/ is the official test
             numbers = np.arange(_mtan_count(self.folder))
             self.num_classes = len(CLASS_NAMES_13)
             self.class_names = list(CLASS_NAMES_13)
+        # the official folder's 40 classes -> 13 through labels13; None / same count: labels as stored
+        self._lut = class13_lut() if self.layout == "official" and seg_classes == 13 else None
+        if self._lut is not None:
+            self.num_classes, self.class_names = len(CLASS_NAMES_13), list(CLASS_NAMES_13)
         positions = np.arange(len(numbers))
         if split in ("val", "train_noval"):
             rest, val = carve_val(len(numbers), val_fraction, val_seed)
@@ -159,9 +187,13 @@ class NYUv2(Dataset):
             self._arrays = {k: np.load(self.folder / f"{k}.npy", mmap_mode="r") for k in ("image", "seg", "depth")}
         return {
             "image": torch.from_numpy(np.ascontiguousarray(self._arrays["image"][pos].transpose(2, 0, 1))),
-            "seg": torch.from_numpy(self._arrays["seg"][pos].astype(np.int64)),
+            "seg": torch.from_numpy(self._seg(self._arrays["seg"][pos])),
             "depth": torch.from_numpy(np.array(self._arrays["depth"][pos], dtype=np.float32))[None],
         }
+
+    def _seg(self, seg: np.ndarray) -> np.ndarray:
+        """Stored uint8 40-class seg -> int64, mapped to 13 classes when asked."""
+        return seg.astype(np.int64) if self._lut is None else self._lut[seg]
 
     def _mtan(self, pos: int) -> dict[str, Any]:
         image, label, depth, normal = (np.load(self.folder / part / f"{pos}.npy") for part in _MTAN_PARTS)

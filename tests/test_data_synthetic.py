@@ -1,4 +1,5 @@
-"""data.synthetic writes the official on-disk formats, and they go through preparation and the datasets."""
+"""data.synthetic writes the official on-disk formats, and they go through preparation and the datasets; the rendered
+rooms' surface normals agree with their depth maps."""
 
 import h5py
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from data import Adience, NYUv2
 from data.nyuv2_tables import MAP_CLASS_40, OFFICIAL_TRAIN_NDXS
 from data.prepare_nyuv2 import prepare_nyuv2
-from data.synthetic import DROPPED_ROWS, main, seeded_split, write_mtan, write_nyuv2
+from data.synthetic import DROPPED_ROWS, main, render_room, seeded_split, write_mtan, write_nyuv2
 
 ROOT_KEYS = [
     "#refs#", "#subsystem#", "accelData", "depths", "images", "instances", "labels", "names", "namesToIds",
@@ -123,3 +124,45 @@ def test_synthetic_adience(tmp_path):
     sample = folds[2][0]
     assert sample["image"].shape == (3, 48, 48) and sample["path"].startswith("aligned/")
     assert sample["path"].split("/")[2].startswith("landmark_aligned_face.")
+
+
+def normals_from_depth(depth: np.ndarray, f: float, cx: float, cy: float) -> tuple[np.ndarray, np.ndarray]:
+    """Unit normals (H-2, W-2, 3) of the surface a depth map describes, by central differences of the back-projected
+    points, facing the camera, in the axes x right, y down, z toward the camera; and the mask of pixels whose 3 x 3
+    neighbourhood is planar (1 / depth affine along both axes)."""
+    i, j = np.mgrid[0 : depth.shape[0], 0 : depth.shape[1]].astype(np.float64)
+    z = depth.astype(np.float64)
+    points = np.stack([(j - cx) * z / f, (i - cy) * z / f, z], -1)  # x right, y down, z forward
+    n = np.cross(points[1:-1, 2:] - points[1:-1, :-2], points[2:, 1:-1] - points[:-2, 1:-1])
+    n /= np.linalg.norm(n, axis=-1, keepdims=True)
+    n *= -np.sign((n * points[1:-1, 1:-1]).sum(-1, keepdims=True))  # toward the camera at the origin
+    n[..., 2] *= -1  # forward -> toward the camera
+    inv = 1 / z
+    flat_x = np.abs(inv[1:-1, 2:] - 2 * inv[1:-1, 1:-1] + inv[1:-1, :-2]) < 1e-6
+    flat_y = np.abs(inv[2:, 1:-1] - 2 * inv[1:-1, 1:-1] + inv[:-2, 1:-1]) < 1e-6
+    return n, flat_x & flat_y
+
+
+def test_rendered_normals_match_the_depth_geometry():
+    rng = np.random.default_rng(0)
+    seen = {}
+    for _ in range(6):
+        frame = render_room(rng, 120, 160)
+        normal, raw = frame["normal"], frame["raw"]
+        assert np.array_equal(np.abs(normal).sum(-1) == 0, raw == 0)  # all-zero exactly where unlabeled
+        labelled = raw > 0
+        assert np.allclose(np.linalg.norm(normal[labelled], axis=-1), 1)
+        from_depth, planar = normals_from_depth(frame["depth"], *frame["camera"])
+        inner = normal[1:-1, 1:-1]
+        same = np.ones(inner.shape[:2], bool)  # the rendered normal is constant over the 3 x 3 neighbourhood
+        for dy, dx in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)):
+            same &= (normal[1 + dy : normal.shape[0] - 1 + dy, 1 + dx : normal.shape[1] - 1 + dx] == inner).all(-1)
+        check = planar & same & labelled[1:-1, 1:-1]
+        assert check.mean() > 0.6
+        cosine = (from_depth[check] * inner[check]).sum(-1)
+        assert cosine.min() > np.cos(np.radians(0.5))
+        for vector in map(tuple, inner[check].astype(int)):
+            seen[vector] = seen.get(vector, 0) + 1
+    # floor faces up (-y), ceiling down (+y), wall and box fronts the camera (+z), box sides left and right (+-x)
+    assert set(seen) == {(0, -1, 0), (0, 1, 0), (0, 0, 1), (1, 0, 0), (-1, 0, 0)}
+    assert min(seen.values()) > 20
