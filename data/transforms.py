@@ -128,6 +128,9 @@ def count_windows(height: int, width: int, crop_size: int, stride: int | None = 
         window_starts(max(width, crop_size), crop_size, stride))
 
 
+WINDOW_BATCH = 8  # windows per forward pass (a batch of 1 wastes most of a CPU's or GPU's throughput)
+
+
 @torch.no_grad()
 def sliding_window_predict(
     model_fn: Callable[[Tensor], dict[str, Tensor]],
@@ -135,12 +138,15 @@ def sliding_window_predict(
     crop_size: int,
     stride: int | None = None,
     on_window: Callable[[], None] | None = None,
+    window_batch: int = WINDOW_BATCH,
 ) -> dict[str, Tensor]:
     """Full-resolution predictions from a network that only accepts crop_size x crop_size inputs.
 
-    image: normalised float (B, 3, H, W) (or (3, H, W), treated as B = 1). model_fn maps windows (B, 3, s, s) to a
-    dict of (B, C_k, s, s) outputs. Returns {key: (B, C_k, H, W)}, each the average over the covering windows.
-    ``on_window`` is called after each window (a progress bar's update; ``count_windows`` gives the total).
+    image: normalised float (B, 3, H, W) (or (3, H, W), treated as B = 1). model_fn maps windows (N, 3, s, s) to a
+    dict of (N, C_k, s, s) outputs. Returns {key: (B, C_k, H, W)}, each the average over the covering windows.
+    Up to ``window_batch`` windows (of every image of the batch) go through the network in one call; the sums are
+    taken in window order whatever the batching. ``on_window`` is called after each window (a progress bar's
+    update; ``count_windows`` gives the total).
     """
     stride = 2 * crop_size // 3 if stride is None else stride
     if not 1 <= stride <= crop_size:
@@ -151,21 +157,26 @@ def sliding_window_predict(
     # zeros = the mean colour after normalisation; outputs over the padding are cropped away below
     image = torch.nn.functional.pad(image, (0, max(crop_size - width, 0), 0, max(crop_size - height, 0)))
     padded = image.shape[-2:]
+    starts = [(y, x) for y in window_starts(padded[0], crop_size, stride)
+              for x in window_starts(padded[1], crop_size, stride)]
     sums: dict[str, Tensor] = {}
     count = torch.zeros(padded, device=image.device)
-    for y in window_starts(padded[0], crop_size, stride):
-        for x in window_starts(padded[1], crop_size, stride):
-            outputs = model_fn(image[..., y : y + crop_size, x : x + crop_size])
+    for first in range(0, len(starts), max(window_batch, 1)):
+        chunk = starts[first:first + max(window_batch, 1)]
+        windows = torch.cat([image[..., y : y + crop_size, x : x + crop_size] for y, x in chunk])  # (n * B, 3, s, s)
+        outputs = model_fn(windows)
+        for key, value in outputs.items():
+            if value.ndim != 4 or value.shape[0] != len(windows) or tuple(value.shape[-2:]) != (crop_size, crop_size):
+                raise ValueError(
+                    f"model output {key!r} has shape {tuple(value.shape)}; expected ({len(windows)}, C, {crop_size}, "
+                    f"{crop_size}) (upsample outputs to the window size)"
+                )
+            if key not in sums:  # accumulate in at least float32, also under autocast
+                dtype = torch.promote_types(value.dtype, torch.float32)
+                sums[key] = value.new_zeros(batch, value.shape[1], *padded, dtype=dtype)
+        for k, (y, x) in enumerate(chunk):
             for key, value in outputs.items():
-                if value.ndim != 4 or value.shape[0] != batch or tuple(value.shape[-2:]) != (crop_size, crop_size):
-                    raise ValueError(
-                        f"model output {key!r} has shape {tuple(value.shape)}; expected ({batch}, C, {crop_size}, "
-                        f"{crop_size}) (upsample outputs to the window size)"
-                    )
-                if key not in sums:  # accumulate in at least float32, also under autocast
-                    dtype = torch.promote_types(value.dtype, torch.float32)
-                    sums[key] = value.new_zeros(batch, value.shape[1], *padded, dtype=dtype)
-                sums[key][..., y : y + crop_size, x : x + crop_size] += value
+                sums[key][..., y : y + crop_size, x : x + crop_size] += value[k * batch : (k + 1) * batch]
             count[y : y + crop_size, x : x + crop_size] += 1
             if on_window is not None:
                 on_window()

@@ -55,10 +55,10 @@ def predict_frames(model_fn: ModelFn, loader: Iterable, crop_size: int, device: 
     """Full-resolution predictions (sliding windows, see data.transforms):
     yields (batch, seg (B, H, W) class ids, depth (B, H, W) metres).
 
-    The windows go through the network one image at a time: CPU convolutions (oneDNN) pick their
-    kernels by batch size, so a frame's numbers would otherwise depend in the last bits on the frames
-    it was batched with; this way eval.py (any --batch-size) and predict.py on the same picture agree
-    exactly.
+    Each image's windows go through the network on their own (in batches of WINDOW_BATCH): CPU convolutions
+    (oneDNN) pick their kernels by batch size, so a frame's numbers would otherwise depend in the last bits
+    on the frames it was batched with; this way eval.py (any --batch-size) and predict.py on the same
+    picture agree exactly.
     """
     for batch in batches(loader, limit):
         image = batch["image"].to(device, non_blocking=True)

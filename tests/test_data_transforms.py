@@ -15,7 +15,7 @@ from data import (
     normalize,
     sliding_window_predict,
 )
-from data.transforms import window_starts
+from data.transforms import count_windows, window_starts
 
 
 def pixel_sample(h: int = 32, w: int = 32, seed: int = 0) -> dict:
@@ -103,13 +103,18 @@ def identity_model(calls: list):
 def test_sliding_window_reconstructs_identity(size):
     calls = []
     image = torch.randint(-50, 50, (2, 3, *size)).float()  # integers: averaging is exact
-    out = sliding_window_predict(identity_model(calls), image, crop_size=300)
+    out = sliding_window_predict(identity_model(calls), image, crop_size=300, window_batch=1)
     assert torch.equal(out["seg"], image) and torch.equal(out["depth"], 2 * image[:, :1])
     assert out["extra"].shape == (2, 2, *size) and out["extra"].eq(1).all()  # every pixel covered, borders too
     expected = len(window_starts(max(size[0], 300), 300, 200)) * len(window_starts(max(size[1], 300), 300, 200))
-    assert len(calls) == expected and set(calls) == {(2, 3, 300, 300)}
+    assert len(calls) == expected == count_windows(*size, 300) and set(calls) == {(2, 3, 300, 300)}
     if size == (480, 640):
         assert len(calls) == 6
+    # several windows per forward pass: the same numbers, every window of both images passed once
+    batched_calls = []
+    batched = sliding_window_predict(identity_model(batched_calls), image, crop_size=300, window_batch=4)
+    assert all(torch.equal(batched[k], out[k]) for k in out)
+    assert [c[0] for c in batched_calls] == [2 * min(4, expected - k) for k in range(0, expected, 4)]
 
 
 def test_sliding_window_averages_overlaps_and_accepts_single_image():
@@ -118,7 +123,7 @@ def test_sliding_window_averages_overlaps_and_accepts_single_image():
     def model_fn(windows):  # window k predicts the constant k
         return {"depth": torch.full((windows.shape[0], 1, 300, 300), float(next(counter)))}
 
-    out = sliding_window_predict(model_fn, torch.zeros(3, 480, 640), crop_size=300)["depth"]
+    out = sliding_window_predict(model_fn, torch.zeros(3, 480, 640), crop_size=300, window_batch=1)["depth"]
     assert out.shape == (1, 1, 480, 640)
     # windows in order: (y0,x0)=0 (y0,x170)=1 (y0,x340)=2 (y180,x0)=3 (y180,x170)=4 (y180,x340)=5
     assert out[0, 0, 0, 0] == 0 and out[0, 0, 479, 639] == 5

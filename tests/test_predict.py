@@ -26,11 +26,12 @@ from tools.export import main as export_main
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64  # network input size: small windows keep every forward pass cheap
+TINY = [1, 1, 1, 3]  # one bottleneck per stage (three in stage 4, where AFA sits): the real structure, cheap
 
 
 def save_tiny(kind: str, path: Path) -> Path:
     torch.manual_seed(0)
-    model = build_model(kind, "afa", input_size=SIZE)
+    model = build_model(kind, "afa", input_size=SIZE, depths=TINY)
     with torch.no_grad():  # non-trivial BatchNorm statistics, so that eval-mode outputs vary with the input
         for name, buf in model.named_buffers():
             if name.endswith("running_mean"):
@@ -261,7 +262,7 @@ def test_user_errors_are_one_line_exit_2(pixel_ckpt, tmp_path, capsys):
 
 def test_series_folders_are_ranked_by_pairwise_wins(tmp_path):
     torch.manual_seed(0)
-    model = build_model("series", "siamese", input_size=32).eval()
+    model = build_model("series", "siamese", input_size=32, depths=TINY).eval()
     with torch.no_grad():  # a head that reads the features, so that photos differ in preference
         model.fc.weight.normal_(0, 1.0)
     ck = tmp_path / "series.pth"
@@ -296,7 +297,7 @@ def test_series_folders_are_ranked_by_pairwise_wins(tmp_path):
 
 def test_series_network_exports_and_loads_through_torch_hub(tmp_path):
     torch.manual_seed(0)
-    model = build_model("series", "pau", input_size=32).eval()
+    model = build_model("series", "pau", input_size=32, depths=TINY).eval()
     ck = tmp_path / "series.pth"
     save_checkpoint({"model": model.state_dict(), "model_config": model.config.to_dict(), "kind": "series",
                      "args": {}}, ck)
@@ -308,3 +309,56 @@ def test_series_network_exports_and_loads_through_torch_hub(tmp_path):
     with pytest.raises(PretrainedError, match="use afanet_series"):
         torch.hub.load(str(REPO), "afanet_image", source="local", weights=str(folder))
     assert json.loads((folder / CONFIG_NAME).read_text())["preprocessing"]["center_crop"] == 32
+
+
+def test_scores_brought_back_strip_by_strip_equal_the_full_interpolation():
+    from families.pixel import argmax_at_size, resize_scores
+
+    torch.manual_seed(0)
+    scores = torch.randn(5, 13, 17)
+    for size in ((40, 50), (13, 17), (100, 31), (7, 9)):
+        full = resize_scores(scores, size)
+        assert full.shape == (5, *size)
+        for rows in (1, 4, 64):  # the strips' height does not change the answer
+            assert torch.equal(argmax_at_size(scores, size, rows=rows), full.argmax(0)), (size, rows)
+
+
+def test_a_large_photo_is_predicted_at_the_training_frames_scale(tmp_path, capsys):
+    """The checkpoint records 40 x 50 training frames: a 120 x 150 photo is resized to them, predicted
+    through the same windows as eval.py, and its outputs come back at its own size."""
+    from data import normalize, sliding_window_predict
+    from families.pixel import resize_scores, resize_shorter_side
+
+    torch.manual_seed(0)
+    model = build_model("pixel", "afa", input_size=32, depths=[1, 1, 1, 3]).eval()
+    ck = tmp_path / "pixel.pth"
+    save_checkpoint({"model": model.state_dict(), "model_config": model.config.to_dict(), "kind": "pixel",
+                     "args": {}, "data": {"frame_size": [40, 50]}}, ck)
+    photo = np.random.default_rng(0).integers(0, 256, (120, 150, 3), dtype=np.uint8)
+    write_png(tmp_path / "big.png", photo)
+    assert run("--checkpoint", str(ck), "--out", str(tmp_path / "out"), str(tmp_path / "big.png")) == 0
+    assert "window" in capsys.readouterr().err  # the progress bar runs over the windows of the one photo
+    pred = np.load(tmp_path / "out" / "big.npz")
+    assert pred["seg"].shape == pred["depth"].shape == (120, 150)
+
+    small = resize_shorter_side(torch.from_numpy(photo).permute(2, 0, 1), 40)
+    assert small.shape == (3, 40, 50)
+    with torch.no_grad():
+        outputs = sliding_window_predict(lambda x: model(x), normalize(small)[None], 32)
+    depth = resize_scores(outputs["depth"][0], (120, 150))[0].numpy()
+    np.testing.assert_allclose(pred["depth"], depth, rtol=1e-6)
+    seg = resize_scores(outputs["seg"][0], (120, 150)).argmax(0).numpy()
+    assert np.array_equal(pred["seg"], seg)
+
+    # --native-scale: windows over the photo itself, as before; outputs at its size too
+    assert run("--checkpoint", str(ck), "--out", str(tmp_path / "native"), "--native-scale",
+               str(tmp_path / "big.png")) == 0
+    native = np.load(tmp_path / "native" / "big.npz")
+    assert native["seg"].shape == (120, 150) and not np.array_equal(native["depth"], pred["depth"])
+
+
+def test_a_flag_of_another_family_is_refused_in_one_line(image_ckpt, tmp_path, capsys):
+    png = write_png(tmp_path / "x.png", np.zeros((8, 8, 3), np.uint8))
+    assert run("--checkpoint", str(image_ckpt), "--out", str(tmp_path / "o"), "--overlay", str(png)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --overlay: not for image networks ({image_ckpt})"
