@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # No pip cache: torch with its CUDA libraries is ~5.7 GB in .venv; a cached copy would double that.
 PIP_INSTALL := $(PY) -m pip install -q --no-cache-dir
 
-.PHONY: venv test demo bench clean
+.PHONY: venv dev test test-fast lint format demo bench clean
 
 $(VENV)/.installed: requirements.txt
 	@free_mb=$$(df -Pm . | awk 'NR==2 {print $$4}'); if [ "$$free_mb" -lt 6500 ]; then \
@@ -14,20 +14,38 @@ $(VENV)/.installed: requirements.txt
 	$(PIP_INSTALL) -r requirements.txt
 	touch $@
 
+$(VENV)/.dev: $(VENV)/.installed requirements-dev.txt requirements-solvers.txt
+	$(PIP_INSTALL) -r requirements-dev.txt
+	touch $@
+
 venv: $(VENV)/.installed
+dev: $(VENV)/.dev
 
-test: venv
-	$(PY) -m pytest -q tests
+# The whole suite (CPU, no network): what CI runs.
+test: dev
+	$(PY) -m pytest -q
 
-# Synthetic NYUv2 + Adience + Phototriage in the official formats, stage 1 and 2 for both task families
-# and a series photo selection run on CPU,
-# evaluation against the majority-class baseline, TensorBoard runs and PNG plots under demo/.
+# The edit loop: everything but the tests that start scripts in subprocesses or several processes.
+test-fast: dev
+	$(PY) -m pytest -q -m "not slow"
+
+lint: dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: dev
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+# Synthetic NYUv2 + Adience + Phototriage in the official formats; reproduce.py's protocol at toy scale on
+# CPU (every method of every family), evaluation against the majority-class baseline, TensorBoard runs and
+# plots under demo/ (docs/reproducing.md).
 demo: venv
 	$(PY) tools/demo.py --out demo
 
-# Training-step and input-pipeline speed on this machine (python bench.py --help for more).
+# Training-step and input-pipeline speed on this machine (docs/speed.md; python bench.py --help for more).
 bench: venv
-	$(PY) bench.py --modes fp32 bf16+cl --pipeline
+	$(PY) bench.py --batch-size 8 2 --modes fp32 bf16+cl --pipeline
 
 clean:
 	rm -rf $(VENV) demo runs

@@ -6,7 +6,8 @@
 
 ``run`` trains stage 1 (the single-task pair, method 'none') once per (fold, seed), stage 2 of
 every fused method from it, and evaluates each run's best checkpoint on the test split with
-eval.py. The protocols (methods, seeds, folds) are the families' (families/, ``Family.protocols``). Every run lives in its own folder (the training logdir):
+eval.py. The protocols (methods, seeds, folds) are the families' (families/, ``Family.protocols``).
+Every run lives in its own folder (the training logdir):
 
     OUT/<family>/<method>/seed<S>/            nyuv2 (no folds)
     OUT/<family>/<method>/fold<F>_seed<S>/    adience (--test-fold F)

@@ -2,7 +2,8 @@
 
 Stage 1 (the single-task pair, from ImageNet weights), then stage 2 (AFA-fused, from stage 1), test fold 0:
     python train_image.py --data-root datasets/adience --test-fold 0 --fusion none --pretrained imagenet
-    python train_image.py --data-root datasets/adience --test-fold 0 --fusion afa --init weight/image_single_fold0_best.pth
+    python train_image.py --data-root datasets/adience --test-fold 0 --fusion afa \
+        --init weight/image_single_fold0_best.pth
 Training uses the four other folds (a subject-exclusive share held out for validation). docs/training.md.
 """
 

@@ -11,7 +11,7 @@ from data.labels import IGNORE_INDEX
 DEPTH_LOSSES = ("berhu", "l1", "mse")
 
 
-def depth_loss(pred: Tensor, target: Tensor, kind: str = "berhu") -> Tensor:
+def depth_loss(pred: Tensor, target: Tensor, name: str = "berhu") -> Tensor:
     """Mean loss over pixels with ground truth (target > 0); pred, target (B, 1, H, W).
 
     berHu: |e| where |e| <= c, (e^2 + c^2) / (2c) above, with c = 0.2 * max |e| over the
@@ -22,9 +22,9 @@ def depth_loss(pred: Tensor, target: Tensor, kind: str = "berhu") -> Tensor:
     valid = target > 0
     n = valid.sum().clamp_min(1)
     err = torch.where(valid, pred.float() - target, 0.0)
-    if kind == "l1":
+    if name == "l1":
         return err.abs().sum() / n
-    if kind == "mse":
+    if name == "mse":
         return err.square().sum() / n
     a = err.abs()
     c = (0.2 * a.max()).detach().clamp_min(1e-6)

@@ -89,7 +89,8 @@ def wrap(model: nn.Module, settings: Settings, dist: DistInfo) -> nn.Module:
     if not dist.distributed:
         return model
     net = nn.SyncBatchNorm.convert_sync_batchnorm(model) if settings.sync_bn else model
-    return nn.parallel.DistributedDataParallel(net, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+    device_ids = [dist.local_rank] if dist.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
 
 
 # -- loss weighting and optimiser ------------------------------------------------------------------

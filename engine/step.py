@@ -12,6 +12,8 @@ from .distributed import DistInfo, all_reduce_sum
 from .precision import autocast
 from .weighting import LossWeighting
 
+CPU = torch.device("cpu")
+
 
 class TrainStep:
     """Forward under the run's autocast, the family's task losses, the loss weighting, backward (scaled
@@ -34,7 +36,7 @@ class TrainStep:
     def __init__(self, net: nn.Module, family: Any, optimizer: torch.optim.Optimizer, weighting: LossWeighting, *,
                  scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                  scaler: torch.amp.GradScaler | None = None, amp: str = "none",
-                 device: torch.device = torch.device("cpu"), dist: DistInfo | None = None,
+                 device: torch.device = CPU, dist: DistInfo | None = None,
                  shared: Sequence[Tensor] = ()) -> None:
         self.net, self.family, self.optimizer, self.weighting = net, family, optimizer, weighting
         self.scheduler, self.scaler, self.amp, self.device, self.dist = scheduler, scaler, amp, device, dist

@@ -18,7 +18,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from data import AGE_GROUPS, GENDERS, Adience, ImageEvalTransform, ImageTrainTransform, adience_protocol, split_train_val
+from data import (
+    AGE_GROUPS,
+    GENDERS,
+    Adience,
+    ImageEvalTransform,
+    ImageTrainTransform,
+    adience_protocol,
+    split_train_val,
+)
 from data.synthetic import write_adience
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from engine.inference import ModelFn, batches

@@ -20,6 +20,9 @@ def _args(*argv):
     return bench.get_args_parser().parse_args(["--steps", "1", "--warmup", "0", *argv])
 
 
+TINY = ["--depths", "1", "1", "1", "3"]  # the real structure (AFA on three stage-4 blocks), one block elsewhere
+
+
 def _check_steps(report, n):
     assert len(report["steps"]) == n
     for r in report["steps"]:
@@ -34,7 +37,8 @@ def _check_steps(report, n):
 def test_steps_report(tmp_path, capsys):
     out = tmp_path / "bench.json"
     report = bench.main(_args("--kinds", "image", "pixel", "--fusions", "none", "afa", "--batch-size", "2",
-                              "--input-size", "32", "--amp", "none", "bf16", "--channels-last", "--json", str(out)))
+                              "--input-size", "32", "--amp", "none", "bf16", "--channels-last", "--json", str(out),
+                              *TINY))
     _check_steps(report, 2 * 2 * 2)  # kinds x fusions x precisions
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     labels = {r["label"] for r in report["steps"]}
@@ -46,7 +50,8 @@ def test_steps_report(tmp_path, capsys):
     afa = [q for q in report["ratios"] if "afa_over_none" in q]
     assert len(afa) == 4 and all(q["afa_over_none"] > 0 for q in afa)
     text = capsys.readouterr().out
-    assert "pixel/afa ours bf16 CL" in text and "matmul peak" in text
+    assert "pixel/afa ours bf16 CL" in text and "matmul peak" in text and f"wrote {out}" in text
+    assert '"steps"' not in text  # the JSON goes to the file; the console gets the table
 
 
 def test_random_batch_targets():

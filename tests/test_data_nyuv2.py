@@ -290,6 +290,7 @@ def test_cli_bad_input_exits_2_with_one_line(case, tmp_path, official, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_subprocess_exit_code_and_message(tmp_path, official):
     cases = bad_inputs(tmp_path, official)
     procs = {

@@ -166,10 +166,8 @@ def test_output_shapes_and_keys(kind, fusion):
     model = build_model(kind, fusion, input_size=64, depths=TINY).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 64))
-    if kind == "image":
-        assert {k: tuple(v.shape) for k, v in out.items()} == {"gender": (2, 2), "age": (2, 8)}
-    else:
-        assert {k: tuple(v.shape) for k, v in out.items()} == {"seg": (2, 40, 64, 64), "depth": (2, 1, 64, 64)}
+    shapes = {"image": {"gender": (2, 2), "age": (2, 8)}, "pixel": {"seg": (2, 40, 64, 64), "depth": (2, 1, 64, 64)}}
+    assert {k: tuple(v.shape) for k, v in out.items()} == shapes[kind]
     expected = {"afa": ["layer4_0", "layer4_1", "layer4_2"], "cross_stitch": ["layer1", "layer2", "layer3", "layer4"]}
     expected["nddr"] = expected["cross_stitch"]
     assert list(model.fusions) == expected.get(fusion, [])

@@ -209,6 +209,7 @@ def tree_state(root: Path) -> dict[str, tuple[int, str]]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_toy_protocol_runs_once_and_reports(tmp_path):
     """The acceptance check at toy scale: one folder per run with args.json and eval.json; the same
     command again trains nothing and touches nothing; the report equals the eval.json files."""
@@ -270,6 +271,7 @@ def test_per_class_iou_comes_from_the_confusion_matrix_behind_miou():
     assert args.per_class == "f"
 
 
+@pytest.mark.slow
 def test_a_signal_reaches_the_running_command_once(tmp_path):
     """Ctrl-C / SIGTERM to reproduce.py is forwarded once to the training process, which then saves
     and exits on its own (here: a stand-in that counts the signals it gets)."""

@@ -112,3 +112,24 @@ def test_resume_keeps_the_runs_settings_and_epochs_extend_it(adience, tmp_path, 
     assert state["args"]["crop_size"] == 32 and state["args"]["fusion"] == "afa" and state["args"]["epochs"] == 2
     assert [r["epoch"] for r in read_log(tmp_path / "run" / "log.jsonl")] == [1, 2]  # the same run folder
     assert json.loads((tmp_path / "run" / "args.json").read_text())["epochs"] == 2
+
+
+def test_extending_a_step_schedule_reports_its_own_rule(caplog):
+    """--resume --epochs on a step schedule: the printed learning rates come from the step rule
+    (gamma^(it // step)), the one Schedule the scheduler uses, not from the poly rule."""
+    import argparse
+    import logging
+
+    from engine.runs import schedule_length
+    from engine.schedule import Schedule
+
+    settings = argparse.Namespace(epochs=3, lr=0.1, schedule="step", warmup_iters=0, step_every=0, step_epochs=1,
+                                  step_gamma=0.5)
+    resume = {"args": {"epochs": 2}, "train_state": {"iteration": 4, "schedule_total": 4}}
+    with caplog.at_level(logging.INFO, logger="engine.runs"):
+        assert schedule_length(settings, 2, resume) == 6
+    # step every epoch of 2 iterations: at iteration 4 the factor is 0.5 ** 2, whatever the length
+    assert "step schedule 4 -> 6 iterations; base lr at iteration 4: 0.025 -> 0.025" in caplog.text
+    assert Schedule.of(settings, 2, 6).factor(4) == 0.25 == Schedule.of(settings, 2, 4).factor(4)
+    poly = argparse.Namespace(**{**vars(settings), "schedule": "poly"})
+    assert Schedule.of(poly, 2, 4).factor(4) == 0.0 < Schedule.of(poly, 2, 6).factor(4)

@@ -14,6 +14,9 @@ from models.series import PAUnit, SeriesConfig
 from tools.series_golden import GOLDEN, named_values, ours, pair_input, run_pair, summarise
 
 
+TINY = [1, 1, 1, 1]  # one bottleneck per stage: the structure, cheaply (the golden-file tests use ResNet-50)
+
+
 def pair(batch=2, size=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, size, size, generator=g), torch.randn(batch, 3, size, size, generator=g)
@@ -22,7 +25,7 @@ def pair(batch=2, size=32, seed=0):
 @pytest.mark.parametrize("fusion", ["pau", "siamese"])
 def test_shapes_and_every_parameter_gets_a_gradient(fusion):
     torch.manual_seed(0)
-    model = build_model("series", fusion)
+    model = build_model("series", fusion, depths=TINY)
     a, b = pair()
     out = model(a, b)
     assert list(out) == ["pair"] and out["pair"].shape == (2, 2)
@@ -59,18 +62,18 @@ def test_pau_unit_against_hand_computed_values():
 def test_symmetrisation_and_shared_units():
     torch.manual_seed(0)
     a, b = pair()
-    plain = build_model("series", "pau").eval()
+    plain = build_model("series", "pau", depths=TINY).eval()
     with torch.no_grad():
         ab, ba = plain(a, b)["pair"], plain(b, a)["pair"]
     assert not torch.allclose(ab, ba.flip(1), atol=1e-4)  # separate units: swapping is not symmetric
-    sym = build_model("series", "pau", symmetric=True)
+    sym = build_model("series", "pau", symmetric=True, depths=TINY)
     sym.load_state_dict(plain.state_dict())
     sym.eval()
     with torch.no_grad():
         s_ab, s_ba = sym(a, b)["pair"], sym(b, a)["pair"]
     assert torch.allclose(s_ab, s_ba.flip(1), atol=1e-5)
     assert torch.allclose(s_ab, (ab + ba.flip(1)) / 2, atol=1e-5)
-    shared = build_model("series", "pau", shared_units=True)
+    shared = build_model("series", "pau", shared_units=True, depths=TINY)
     keys = set(shared.state_dict())
     assert any(k.startswith("units.shared.") for k in keys) and not any(k.startswith("units.a.") for k in keys)
     with pytest.raises(ValueError, match="fusion"):
@@ -82,7 +85,7 @@ def test_symmetrisation_and_shared_units():
 
 
 def test_param_groups_follow_the_original_10x_rule():
-    model = build_model("series", "pau")
+    model = build_model("series", "pau", depths=TINY)
     groups = {g["name"]: g for g in model.param_groups(1e-5, weight_decay=5e-4)}
     assert {k: g["lr"] for k, g in groups.items()} == pytest.approx({"backbone": 1e-5, "units": 1e-5, "head": 1e-4})
     names = {id(p): n for n, p in model.named_parameters()}

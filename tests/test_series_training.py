@@ -141,6 +141,7 @@ def test_series_metrics_against_hand_computed_values():
     assert all(math.isnan(v) for v in series_metrics([]).values())
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_rank_the_series_whole(phototriage, tmp_path):
     """Validation pairs are split across ranks; the gathered metrics equal one process's."""
     torchrun = Path(sys.executable).with_name("torchrun")

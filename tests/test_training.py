@@ -161,6 +161,7 @@ def test_resume_is_bit_exact_also_mid_epoch(nyu, tmp_path, monkeypatch):
     assert torch.equal(a["optimizer"]["state"][0]["momentum_buffer"], b["optimizer"]["state"][0]["momentum_buffer"])
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_resumable_checkpoint(adience, tmp_path):
     out = tmp_path / "image_last.pth"
     cmd = [sys.executable, "train_image.py", "--data-root", str(adience), "--crop-size", "32", "--batch-size", "2",
@@ -336,6 +337,7 @@ def test_image_meter_and_delta():
     assert d["delta/mean"] == pytest.approx(10.0)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(adience, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "train_image.py", "--data-root", str(adience),

@@ -3,8 +3,9 @@
     python -m tools.export weight/pixel_afa_best.pth released/pixel_afa
 
 The folder is what to publish: tensors only (safetensors, no pickle: loading it runs no code) and a
-JSON config with the model config, the preprocessing (input size, mean, std, windows or resize/crop)
-the task label names and what the network was trained on (dataset, frame size, units). ``models.from_pretrained(DIR)``, ``predict.py --checkpoint DIR`` and
+JSON config with the model config, the preprocessing (input size, mean, std, windows or resize/crop),
+the task label names and what the network was trained on (dataset, frame size, units).
+``models.from_pretrained(DIR)``, ``predict.py --checkpoint DIR`` and
 ``torch.hub.load(REPO, 'afanet_pixel', weights=DIR_OR_URL)`` read it. The export is checked by
 reading the file back and comparing every tensor with the checkpoint's.
 """
