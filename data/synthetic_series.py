@@ -100,13 +100,18 @@ def write_phototriage(out: str | Path, series: tuple[int, int, int] = (24, 8, 8)
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True)
-    p.add_argument("--series", type=int, nargs=3, default=(24, 8, 8), metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--series", type=int, nargs=3, default=(24, 8, 8), metavar=("TRAIN", "VAL", "TEST"),
+                   help="number of series in each split")
     p.add_argument("--size", type=int, default=64, help="shorter side of the photos")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
     print(write_phototriage(args.out, tuple(args.series), args.size, args.seed))
 
 

@@ -8,6 +8,7 @@ files a run writes carries it (the resumable ``*_last.pth`` and the best-by-vali
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import random
@@ -161,14 +162,18 @@ def describe(path: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Print the entries of a checkpoint with what each one is (LAYOUT)")
+    p.add_argument("checkpoint", help="a *_last.pth or *_best.pth file")
+    return p
+
+
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
-        print("usage: python -m engine.checkpoint CKPT   (prints the entries of a checkpoint)", file=sys.stderr)
-        sys.exit(2)
+    args = get_args_parser().parse_args()
     try:
-        print(describe(sys.argv[1]))
+        print(describe(args.checkpoint))
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -180,11 +180,15 @@ def original_commit(root: str | Path) -> str:
     return res.stdout.strip() if res.returncode == 0 else "unknown"
 
 
-def main(argv: list[str] | None = None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reference", required=True, help="a clone of zhenshen-mla/AFANet (latest commit checked out)")
     p.add_argument("--write", default=None, metavar="JSON", help="write the original's numbers as the golden file")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     golden: dict = {"original_commit": original_commit(args.reference), "baseline_commit": "4fabc70",
                     "seed": SEED, "sizes": SIZES, "depths": DEPTHS, "cases": {}}

@@ -140,13 +140,17 @@ def generate(checkout: str | os.PathLike, commit: str | None = None) -> dict:
     return result
 
 
-def main() -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reference", default=os.environ.get("SERIES_REFERENCE"),
                    help="checkout of the original repository (default: $SERIES_REFERENCE)")
     p.add_argument("--out", default=str(GOLDEN))
     p.add_argument("--commit", default=None, help="the checkout's commit, for an exported tree (git archive)")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     if not args.reference or not (Path(args.reference) / "models" / "PAU_resnet50.py").is_file():
         print("error: set SERIES_REFERENCE (or --reference) to a checkout of zhenshen-mla/Series-Photo-Selection",
               file=sys.stderr)
