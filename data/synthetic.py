@@ -650,6 +650,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     nyu = sub.add_parser("nyuv2", help="nyu_depth_v2_labeled.mat + splits.mat in the official formats")
     nyu.add_argument("--n", type=int, default=24, help="number of frames (1449 uses the official split)")
     nyu.add_argument("--mapping", action="store_true", help="also write classMapping40.mat")
+    nyu.add_argument("--frame-size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"),
+                     help="frame height and width (the official 480 x 640 by default; smaller for quick runs)")
     nyu.add_argument(
         "--train-fraction",
         type=float,
@@ -677,7 +679,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     if args.dataset == "nyuv2":
-        out = write_nyuv2(args.out, args.n, args.seed, args.mapping, train_fraction=args.train_fraction)
+        out = write_nyuv2(args.out, args.n, args.seed, args.mapping, tuple(args.frame_size), args.train_fraction)
     elif args.dataset == "mtan":
         out = write_mtan(args.out, args.n_train, args.n_val, args.seed)
     elif args.dataset == "cityscapes":
