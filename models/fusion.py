@@ -1,16 +1,18 @@
-"""Fusion modules between two task branches, and where they sit in the trunks.
+"""Fusion modules between task branches, and where they sit in the trunks.
 
-A fusion module maps ``{task: features}`` to ``{task: features}`` at one point of the two
-ResNet trunks (after a stage, ``layer3``, or after one block of it, ``layer4.1``). The methods
-the AFA paper compares with (notation of ``models/afa.py``: x_t is branch t's map (B, C, H, W)):
+A fusion module maps ``{task: features}`` to ``{task: features}`` at one point of the task
+branches' ResNet trunks (after a stage, ``layer3``, or after one block of it, ``layer4.1``). The
+methods the AFA paper compares with (notation of ``models/afa.py``: x_u is branch u's map
+(B, C, H, W), tasks t, u = 1..N in branch order; the paper has N = 2):
 
 * cross-stitch (Misra et al., "Cross-stitch Networks for Multi-task Learning", CVPR 2016):
-  per channel, y_1 = a_11 x_1 + a_12 x_2 and y_2 = a_21 x_1 + a_22 x_2, with learned vectors
-  initialised to 0.9 (same task) and 0.1 (other task);
+  per channel, y_t = sum_u a_tu x_u with learned (C, 1, 1) vectors initialised to a_tt = 0.9 and
+  a_tu = 0.1 / (N - 1), so that each row sums to 1 (0.9 / 0.1 at two tasks, the original
+  authors' baseline; Vandenhende et al. put 0.1 on every off-diagonal entry, LibMTL 1 everywhere);
 * NDDR (Gao et al., "NDDR-CNN: Layerwise Feature Fusing in Multi-Task CNNs by Neural
-  Discriminative Dimensionality Reduction", CVPR 2019): y_t = ReLU(BN_t(W_t [x_1; x_2])),
-  W_t a 1x1 convolution 2C -> C initialised to 0.9 on task t's own diagonal and 0.1 on the
-  other task's;
+  Discriminative Dimensionality Reduction", CVPR 2019): y_t = ReLU(BN_t(W_t [x_1; ..; x_N])),
+  W_t a 1x1 convolution N*C -> C initialised to 0.9 I on task t's own block and 0.1 / (N - 1) I
+  on every other block;
 * AFA (``models/afa.py``), the paper's method.
 
 Every fusion can record, while training, what the paper is about: how much each branch takes
@@ -50,7 +52,7 @@ FUSION_LR_MULT: dict[str, dict[str, float]] = {
     "nddr": {"image": 100.0, "pixel": 100.0},
 }
 
-SELF_WEIGHT = 0.9  # cross-stitch / NDDR initial weight of a task's own features (0.1 for the other's)
+SELF_WEIGHT = 0.9  # cross-stitch / NDDR initial weight of a task's own features (the rest: the other tasks')
 
 _POINT = re.compile(r"(layer[1-4])(?:\.(\d+|\*))?$")
 
@@ -96,10 +98,10 @@ def point_key(name: str) -> str:
     return name.replace(".", "_")
 
 
-class PairFusion(nn.Module):
-    """Base of the fusion modules: ``{t1: x_1, t2: x_2} -> {t1: y_1, t2: y_2}``, shapes kept.
+class TaskFusion(nn.Module):
+    """Base of the fusion modules: ``{t: x_t} -> {t: y_t}`` for the tasks in branch order, shapes kept.
 
-    Subclasses implement ``fuse(x1, x2) -> (y1, y2)``. With ``monitor`` on (the trainer's
+    Subclasses implement ``fuse(x_1, .., x_N) -> (y_1, .., y_N)``. With ``monitor`` on (the trainer's
     default), a training forward adds on-device records: for each task the L2 norm of the
     gradient arriving at y_t from above (``grad_out``: what the branch would receive without
     the fusion) and of the gradient leaving to x_t (``grad_in``: what it receives); subclasses
@@ -109,30 +111,29 @@ class PairFusion(nn.Module):
 
     def __init__(self, tasks: Sequence[str]) -> None:
         super().__init__()
-        if len(tasks) != 2:
-            raise ValueError(f"a fusion joins two tasks, got {list(tasks)}")
+        if not tasks or len(set(tasks)) != len(tasks):
+            raise ValueError(f"a fusion joins distinct tasks, got {list(tasks)}")
         self.tasks = tuple(tasks)
         self.monitor = False
         self._recording = False
         self._sums: dict[str, Tensor] = {}
         self._counts: dict[str, int] = {}
 
-    def fuse(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+    def fuse(self, *xs: Tensor) -> tuple[Tensor, ...]:
         raise NotImplementedError
 
     def forward(self, feats: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        t1, t2 = self.tasks
-        x1, x2 = feats[t1], feats[t2]
+        xs = [feats[t] for t in self.tasks]
         recording = self._recording = self.monitor and self.training and torch.is_grad_enabled()
-        y1, y2 = self.fuse(x1, x2)
+        ys = self.fuse(*xs)
         self._recording = False
         if recording:
-            for t, x, y in ((t1, x1, y1), (t2, x2, y2)):
+            for t, x, y in zip(self.tasks, xs, ys):
                 if x.requires_grad:
                     x.register_hook(self._norm_hook(f"grad_in/{t}"))
                 if y.requires_grad:
                     y.register_hook(self._norm_hook(f"grad_out/{t}"))
-        return {t1: y1, t2: y2}
+        return dict(zip(self.tasks, ys))
 
     def _record(self, name: str, value: Tensor) -> None:
         """Adds a detached scalar to an on-device sum (no host sync)."""
@@ -161,60 +162,84 @@ class PairFusion(nn.Module):
         return dict(zip(keys, stacked))
 
 
-class CrossStitch(PairFusion):
-    """Cross-stitch unit: y_t = same_t * x_t + other_t * x_other, per channel.
+def other_weight(n: int) -> float:
+    """Initial weight of each other task's features: 0.1 / (N - 1), so that a task's weights sum to 1."""
+    return (1 - SELF_WEIGHT) / max(n - 1, 1)
+
+
+class CrossStitch(TaskFusion):
+    """Cross-stitch unit: y_t = same_t * x_t + sum_{u != t} other_tu * x_u, per channel.
+
+    Parameters ``same.<t>`` and, for target t and source u, ``other.<t>_from_<u>``, each (C, 1, 1). At two
+    tasks a target has one source and the key is ``other.<t>``: the original authors' layout
+    (``Cross_k.{A,B}_weight_same`` / ``_diff``), so that two-task checkpoints keep their keys.
 
     Args:
-        tasks: the two task names (branch order).
-        channels: C of the two maps.
+        tasks: the task names (branch order).
+        channels: C of the maps.
     """
 
     def __init__(self, tasks: Sequence[str], channels: int) -> None:
         super().__init__(tasks)
         # Per task, (C, 1, 1) vectors that broadcast over (B, C, H, W).
+        w = other_weight(len(self.tasks))
         self.same = nn.ParameterDict({t: nn.Parameter(torch.full((channels, 1, 1), SELF_WEIGHT)) for t in tasks})
-        self.other = nn.ParameterDict({t: nn.Parameter(torch.full((channels, 1, 1), 1 - SELF_WEIGHT)) for t in tasks})
+        self.other = nn.ParameterDict({self.other_key(t, u): nn.Parameter(torch.full((channels, 1, 1), w))
+                                       for t in tasks for u in tasks if u != t})
 
-    def fuse(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
-        t1, t2 = self.tasks
-        return self.same[t1] * x1 + self.other[t1] * x2, self.same[t2] * x2 + self.other[t2] * x1
+    def other_key(self, target: str, source: str) -> str:
+        """The ``other`` key of the weights with which ``target`` takes ``source``'s features."""
+        return target if len(self.tasks) == 2 else f"{target}_from_{source}"
+
+    def fuse(self, *xs: Tensor) -> tuple[Tensor, ...]:
+        out = []
+        for t, x in zip(self.tasks, xs):
+            y = self.same[t] * x
+            for u, xu in zip(self.tasks, xs):
+                if u != t:
+                    y = y + self.other[self.other_key(t, u)] * xu
+            out.append(y)
+        return tuple(out)
 
     def parameter_stats(self) -> dict[str, Tensor]:
-        return {f"{kind}/{t}": p.mean() for kind, params in (("same", self.same), ("other", self.other))
-                for t, p in params.items()}
+        stats = {f"same/{t}": p.mean() for t, p in self.same.items()}
+        stats.update({f"other/{t}/{u}": self.other[self.other_key(t, u)].mean()
+                      for t in self.tasks for u in self.tasks if u != t})
+        return stats
 
 
-class NDDR(PairFusion):
-    """NDDR unit: y_t = ReLU(BN_t(W_t [x_1; x_2])), W_t a 1x1 convolution 2C -> C without bias.
+class NDDR(TaskFusion):
+    """NDDR unit: y_t = ReLU(BN_t(W_t [x_1; ..; x_N])), W_t a 1x1 convolution N*C -> C without bias.
 
-    The concatenation is in task order ([x_1; x_2]) for both tasks, as in the original AFA
-    authors' baseline; task t's own block starts at 0.9 times the identity, the other's at 0.1.
+    The concatenation is in task order for every task, as in the original AFA authors' baseline;
+    task t's own block starts at 0.9 times the identity, every other block at 0.1 / (N - 1).
 
     Args:
-        tasks: the two task names (branch order).
-        channels: C of the two maps.
+        tasks: the task names (branch order).
+        channels: C of the maps.
     """
 
     def __init__(self, tasks: Sequence[str], channels: int) -> None:
         super().__init__(tasks)
-        self.conv = nn.ModuleDict({t: nn.Conv2d(2 * channels, channels, 1, bias=False) for t in tasks})
+        n = len(self.tasks)
+        self.conv = nn.ModuleDict({t: nn.Conv2d(n * channels, channels, 1, bias=False) for t in tasks})
         self.bn = nn.ModuleDict({t: nn.BatchNorm2d(channels) for t in tasks})
         eye = torch.eye(channels)
         with torch.no_grad():
-            for k, t in enumerate(tasks):
-                blocks = [eye * (SELF_WEIGHT if j == k else 1 - SELF_WEIGHT) for j in range(2)]
-                self.conv[t].weight.copy_(torch.cat(blocks, dim=1)[..., None, None])  # (C, 2C, 1, 1)
+            for k, t in enumerate(self.tasks):
+                blocks = [eye * (SELF_WEIGHT if j == k else other_weight(n)) for j in range(n)]
+                self.conv[t].weight.copy_(torch.cat(blocks, dim=1)[..., None, None])  # (C, N*C, 1, 1)
 
-    def fuse(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
-        x = torch.cat((x1, x2), dim=1)  # (B, 2C, H, W)
-        y1, y2 = (F.relu(self.bn[t](self.conv[t](x))) for t in self.tasks)
-        return y1, y2
+    def fuse(self, *xs: Tensor) -> tuple[Tensor, ...]:
+        x = torch.cat(xs, dim=1)  # (B, N*C, H, W)
+        return tuple(F.relu(self.bn[t](self.conv[t](x))) for t in self.tasks)
 
     def parameter_stats(self) -> dict[str, Tensor]:
         out = {}
         for k, t in enumerate(self.tasks):
-            w = self.conv[t].weight[..., 0, 0]  # (C, 2C)
+            w = self.conv[t].weight[..., 0, 0]  # (C, N*C)
             c = w.shape[0]
-            diag = torch.stack((w[:, :c].diagonal(), w[:, c:].diagonal()))  # (2, C): x_1's and x_2's blocks
-            out[f"self/{t}"], out[f"other/{t}"] = diag[k].mean(), diag[1 - k].mean()
+            for j, u in enumerate(self.tasks):
+                mean = w[:, j * c:(j + 1) * c].diagonal().mean()  # task u's block, diagonal
+                out[f"self/{t}" if j == k else f"other/{t}/{u}"] = mean
         return out

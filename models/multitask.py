@@ -1,6 +1,7 @@
-"""Multi-task networks: two task branches (or one shared trunk) and a head per task.
+"""Multi-task networks: a branch per task (or one shared trunk) and a head per task.
 
-One class serves every method the AFA paper compares (``fusion``):
+One class serves every method the AFA paper compares (``fusion``), for any number of tasks (the
+paper has two; at one task every method is the single-task network: there is nothing to fuse):
 
     feats = {b: trunk[b].stem(x) for b in branches}       # one branch per task ('shared': one)
     for stage, block in every bottleneck of layer1..layer4:
@@ -8,7 +9,7 @@ One class serves every method the AFA paper compares (``fusion``):
         feats = fusions[point](feats)                       # if a fusion sits at this point
     return {t: heads[t](feats[branch of t], low[branch of t], input size)}
 
-* ``none``: the single-task pair of the paper (two branches trained together, no interaction);
+* ``none``: the single-task networks of the paper (branches trained together, no interaction);
 * ``shared``: hard parameter sharing (one trunk, a head per task);
 * ``cross_stitch``, ``nddr``: units after layer1..layer4 (models/fusion.py);
 * ``afa``: an AFA layer after every block of layer4 (models/afa.py).
@@ -24,9 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .afa import DEFAULT_TAU, GRAD_MODES, AFALayer, init_afa_
+from .afa import DEFAULT_TAU, GRAD_MODES, RELATIONS, AFALayer, init_afa_
 from .backbone import RESNET50_DEPTHS, Trunk, WeightsSpec, feature_size, load_trunk_weights, torchvision_state_dict
 from .fusion import (
     FUSION_INITS,
@@ -35,7 +37,7 @@ from .fusion import (
     NDDR,
     STAGES,
     CrossStitch,
-    PairFusion,
+    TaskFusion,
     point_key,
     resolve_points,
 )
@@ -73,26 +75,40 @@ ARCHITECTURES: dict[str, Architecture] = {
 KINDS = tuple(ARCHITECTURES)
 
 
+def square_or_pair(size: int | tuple[int, int] | list[int]) -> int | list[int]:
+    """An input size as stored: an int for a square, [height, width] otherwise (a pair of equal sides is a square)."""
+    if isinstance(size, int):
+        return size
+    height, width = (int(v) for v in size)
+    return height if height == width else [height, width]
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild a network; stored (as plain types) in every checkpoint.
 
-    ``protect_tasks`` None means task 1 only, as at the original code's latest commit.
-    ``fusion_at`` None means the method's default points. ``fusion_init`` 'self' starts AFA
-    layers leaning towards each branch's own features (cross-stitch and NDDR start there anyway).
+    ``tasks`` {name: output channels} in branch order (task 1 first), any number >= 1.
+    ``input_size`` the square side the network is fed, or [height, width]. ``protect_tasks`` None
+    means task 1 only, as at the original code's latest commit. ``fusion_at`` None means the method's
+    default points. ``fusion_init`` 'self' starts AFA layers leaning towards each branch's own features
+    (cross-stitch and NDDR start there anyway). ``afa_relation`` 'tied' (the original's two maps at any
+    number of tasks) or 'pairwise' (models/afa.py). ``unit_tasks``: tasks whose outputs are L2-normalised
+    per pixel (surface normals).
     """
 
     kind: str
     fusion: str = "afa"
     grad_mode: str = "protect"
     tasks: dict[str, int] = field(default_factory=dict)
-    input_size: int = 0
+    input_size: int | list[int] = 0
     output_stride: int = 0
     tau: float = DEFAULT_TAU
     protect_tasks: list[str] | None = None
     fusion_at: list[str] | None = None
     fusion_init: str = "reference"
     depths: list[int] = field(default_factory=lambda: list(RESNET50_DEPTHS))
+    afa_relation: str = "tied"
+    unit_tasks: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.kind not in ARCHITECTURES:
@@ -103,13 +119,19 @@ class ModelConfig:
             raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {self.grad_mode!r}")
         if self.fusion_init not in FUSION_INITS:
             raise ValueError(f"fusion_init must be one of {FUSION_INITS}, got {self.fusion_init!r}")
+        if self.afa_relation not in RELATIONS:
+            raise ValueError(f"afa_relation must be one of {RELATIONS}, got {self.afa_relation!r}")
         arch = ARCHITECTURES[self.kind]
         self.tasks = dict(self.tasks or arch.tasks)
-        self.input_size = int(self.input_size or arch.input_size)
+        self.input_size = square_or_pair(self.input_size or arch.input_size)
         self.output_stride = int(self.output_stride or arch.output_strides[0])
         self.depths = [int(n) for n in self.depths]
-        if len(self.tasks) != 2:
-            raise ValueError(f"these networks join exactly two tasks, got {list(self.tasks)}")
+        self.unit_tasks = list(self.unit_tasks)
+        if not self.tasks:
+            raise ValueError("a network needs at least one task")
+        unknown = set(self.unit_tasks) - set(self.tasks)
+        if unknown:
+            raise ValueError(f"unit_tasks {sorted(unknown)} are not tasks of this model ({list(self.tasks)})")
         if self.output_stride not in arch.output_strides:
             raise ValueError(f"{self.kind} networks use output stride {' or '.join(map(str, arch.output_strides))}, "
                              f"got {self.output_stride}")
@@ -121,9 +143,13 @@ class ModelConfig:
         resolve_points(self.fusion, self.fusion_at, self.depths)  # raises on bad points
 
     @property
-    def feature_size(self) -> int:
-        """Side of the stage-4 maps for the configured square input."""
-        return feature_size(self.input_size, self.output_stride)
+    def input_hw(self) -> tuple[int, int]:
+        """(height, width) of the input the network is fed."""
+        return (self.input_size, self.input_size) if isinstance(self.input_size, int) else tuple(self.input_size)
+
+    def size_at(self, stride: int) -> tuple[int, int]:
+        """(h, w) of the feature maps at a total stride: every stride-2 step rounds up."""
+        return tuple(feature_size(side, stride) for side in self.input_hw)
 
     @property
     def branches(self) -> list[str]:
@@ -151,12 +177,13 @@ class MultiTaskNet(nn.Module):
         head = ARCHITECTURES[config.kind].head
         self.heads = nn.ModuleDict({t: head(trunk.stage4_channels, n, config.output_stride)
                                     for t, n in config.tasks.items()})
-        self.points = resolve_points(config.fusion, config.fusion_at, config.depths)
+        # one task: nothing to fuse, every method is the single-task network
+        self.points = resolve_points(config.fusion, config.fusion_at, config.depths) if len(self.tasks) > 1 else []
         self.fusions = nn.ModuleDict({point_key(name): self._make_fusion(trunk, stage, name)
                                       for stage, _, name in self.points})
         self._fusion_at = {(stage, i): point_key(name) for stage, i, name in self.points}
 
-    def _make_fusion(self, trunk: Trunk, stage: str, name: str) -> PairFusion:
+    def _make_fusion(self, trunk: Trunk, stage: str, name: str) -> TaskFusion:
         cfg = self.config
         k = STAGES.index(stage) + 1
         channels = trunk.stage_channels(k)
@@ -165,10 +192,9 @@ class MultiTaskNet(nn.Module):
         if cfg.fusion == "nddr":
             return NDDR(self.tasks, channels)
         stride = trunk.stage_stride(k)
-        side = feature_size(cfg.input_size, stride)  # SAM is built for this point's map size
         protect = [self.tasks.index(t) for t in (cfg.protect_tasks or self.tasks[:1])]
-        layer = AFALayer(channels, (side, side), stride, cfg.grad_mode, cfg.tau, protect, self.tasks,
-                         self_prior=cfg.fusion_init == "self")
+        layer = AFALayer(channels, cfg.size_at(stride), stride, cfg.grad_mode, cfg.tau, protect, self.tasks,
+                         self_prior=cfg.fusion_init == "self", relation=cfg.afa_relation)
         init_afa_(layer)
         return layer
 
@@ -184,7 +210,10 @@ class MultiTaskNet(nn.Module):
                 key = self._fusion_at.get((stage, i))
                 if key is not None:
                     feats = self.fusions[key](feats)
-        return {t: self.heads[t](feats[b], low[b], out_size) for t, b in self.branch_of.items()}
+        out = {t: self.heads[t](feats[b], low[b], out_size) for t, b in self.branch_of.items()}
+        for t in self.config.unit_tasks:  # unit vectors per pixel (MTAN normalises normals in the model)
+            out[t] = F.normalize(out[t], dim=1)
+        return out
 
     # -- monitoring ------------------------------------------------------------------------
 
@@ -194,8 +223,8 @@ class MultiTaskNet(nn.Module):
             f.monitor = enabled
 
     def fusion_stats(self) -> dict[str, float]:
-        """{'<point>/<record>': mean since the last call}, e.g. 'layer4_0/cam/w_self',
-        'layer1/same/seg', 'layer4_2/grad_in/depth'; resets the records."""
+        """{'<point>/<record>': mean since the last call}, e.g. 'layer4_0/cam/w/seg/depth' (target seg,
+        source depth), 'layer1/same/seg', 'layer4_2/grad_in/depth'; resets the records."""
         return {f"{key}/{name}": v for key, f in self.fusions.items() for name, v in f.read_stats().items()}
 
     # -- weights ---------------------------------------------------------------------------

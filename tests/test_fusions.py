@@ -29,7 +29,7 @@ def test_cross_stitch_weights_are_per_channel_and_learned():
     unit = CrossStitch(("a", "b"), 6)
     with torch.no_grad():
         unit.same["a"][2] = 0.5
-        unit.other["b"][0] = -1.0
+        unit.other["b"][0] = -1.0  # target b, source a (two tasks: the key is the target)
     x1, x2 = _pair()
     out = unit({"a": x1, "b": x2})
     torch.testing.assert_close(out["a"][:, 2], 0.5 * x1[:, 2] + 0.1 * x2[:, 2])
@@ -98,8 +98,9 @@ def test_fusion_init_self_leans_afa_towards_the_own_branch():
             m.self_fc.weight.zero_()
             m.other_fc.weight.zero_()
     x1, x2 = _pair()
-    w_self, w_other = layer.cam.weights(x1, x2)
-    torch.testing.assert_close(w_self, torch.full_like(w_self, 0.9))
+    w = layer.cam.weights(x1, x2)  # w[target][source]
+    torch.testing.assert_close(w[0][0], torch.full_like(w[0][0], 0.9))
+    torch.testing.assert_close(w[1][0], torch.full_like(w[1][0], 0.1))
     default = build_model("image", "afa", depths=TINY, input_size=64)
     assert not any("self_prior" in k for k in default.state_dict())  # the reference's keys by default
 
@@ -113,10 +114,13 @@ def test_records_mixing_weights_and_gradient_norms():
     out = layer({"a": x1, "b": x2})
     ((out["a"] * g1).sum() + (out["b"] * g2).sum()).backward()
     with torch.no_grad():
-        w_cam, _ = layer.cam.weights(x1, x2)
+        w_cam = layer.cam.weights(x1, x2)
     stats = layer.read_stats()
-    assert set(stats) == {"cam/w_self", "sam/w_self", "grad_out/a", "grad_out/b", "grad_in/a", "grad_in/b"}
-    assert stats["cam/w_self"] == pytest.approx(float(w_cam.mean()), rel=1e-6)
+    mixing = {f"{m}/w/{t}/{u}" for m in ("cam", "sam") for t in "ab" for u in "ab"}  # target t, source u
+    assert set(stats) == mixing | {"grad_out/a", "grad_out/b", "grad_in/a", "grad_in/b"}
+    assert stats["cam/w/a/a"] == pytest.approx(float(w_cam[0][0].mean()), rel=1e-6)
+    assert stats["cam/w/a/b"] == pytest.approx(float(w_cam[0][1].mean()), rel=1e-6)
+    assert stats["cam/w/a/a"] + stats["cam/w/a/b"] == pytest.approx(1.0)
     assert stats["grad_out/a"] == pytest.approx(float(g1.norm()), rel=1e-6)
     assert stats["grad_in/a"] == pytest.approx(float(x1.grad.norm()), rel=1e-6)
     assert stats["grad_in/b"] == pytest.approx(float(x2.grad.norm()), rel=1e-6)
@@ -142,7 +146,7 @@ def test_network_fusion_stats_and_shared_parameters():
     model.monitor_fusions()
     sum(o.square().mean() for o in model(torch.randn(2, 3, 64, 64)).values()).backward()
     stats = model.fusion_stats()
-    assert stats["layer1/same/gender"] == pytest.approx(0.9) and stats["layer4/other/age"] == pytest.approx(0.1)
+    assert stats["layer1/same/gender"] == pytest.approx(0.9) and stats["layer4/other/age/gender"] == pytest.approx(0.1)
     assert stats["layer2/grad_in/age"] > 0 and stats["layer4/grad_out/gender"] > 0
     assert [id(p) for p in model.shared_parameters()] == [id(p) for p in model.fusions["layer4"].parameters()]
     shared = build_model("image", "shared", depths=TINY)
