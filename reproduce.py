@@ -6,7 +6,8 @@
 
 ``run`` trains stage 1 (the single-task pair, method 'none') once per (fold, seed), stage 2 of
 every fused method from it, and evaluates each run's best checkpoint on the test split with
-eval.py. The protocols (methods, seeds, folds) are the families' (families/, ``Family.protocols``).
+eval.py (training in a process of its own, evaluation in this one: ``--dry-run`` prints both as
+shell commands). The protocols (methods, seeds, folds) are the families' (families/, ``Family.protocols``).
 Every run lives in its own folder (the training logdir):
 
     OUT/<family>/<method>/seed<S>/            nyuv2 (no folds)
@@ -23,7 +24,8 @@ line per run (training && evaluation), stage 1 before stage 2, for a cluster's j
 
 ``report`` reads every eval.json under a folder (method, fold and seed from the folder layout)
 and prints methods x metrics as mean +- sample standard deviation (n - 1) over runs, the number
-of runs, and the multi-task delta (engine.metrics.multitask_delta, 'delta/mean') of each fused run
+of runs, and the multi-task deltas (engine.metrics.multitask_delta: 'delta/mean' as delta_m, the
+mean over metrics, and 'delta/mean_task' as delta_m_task, the mean over tasks) of each fused run
 against the single-task run of the same fold and seed, averaged the same way.
 """
 
@@ -46,7 +48,12 @@ from pathlib import Path
 from families import Protocol, protocols
 
 REPO = Path(__file__).resolve().parent
-DELTA = "delta_m"  # the report's name for multitask_delta's 'delta/mean'
+DELTA = "delta_m"  # the report's name for multitask_delta's 'delta/mean' (the flat mean over metrics)
+DELTA_TASK = "delta_m_task"  # ... and for 'delta/mean_task' (the mean over tasks of each task's mean)
+DELTAS = {DELTA: "delta/mean", DELTA_TASK: "delta/mean_task"}
+DELTA_NOTE = ("delta_m: the mean over the metrics (Maninis et al. 2019; the flat mean of the Nash-MTL, CAGrad and "
+              "FAMO tables); delta_m_task: the mean over tasks of each task's mean (LibMTL); both in %, positive = "
+              "better than the single-task run")
 RUN_DIR = re.compile(r"^(?:fold(?P<fold>\d+)_)?seed(?P<seed>\d+)$")
 # eval.py flags that mean the same thing in training: passed on from the extra training flags.
 EVAL_PASSTHROUGH = ("--device", "--workers", "--amp")
@@ -69,10 +76,11 @@ class Run:
     dir: Path
     init: Path | None = None  # stage 2: the stage-1 run's best checkpoint
     status: str = field(default="fresh")  # 'finished' | 'interrupted' | 'fresh'
+    tasks: tuple[str, ...] = ()  # --tasks through the protocol's task flag (empty: the script's default)
 
     @property
     def name(self) -> str:
-        return f"{self.family.name}/{self.method}/{self.dir.name}"
+        return f"{self.dir.parent.parent.name}/{self.method}/{self.dir.name}"
 
     @property
     def last(self) -> Path:
@@ -87,8 +95,18 @@ class Run:
         return self.dir / "eval.json"
 
 
-def run_dir(out: Path, family: Protocol, method: str, fold: int | None, seed: int) -> Path:
-    return out / family.name / method / (f"fold{fold}_seed{seed}" if fold is not None else f"seed{seed}")
+def experiment(family: Protocol, tasks: tuple[str, ...] = ()) -> str:
+    """The results folder of a protocol: its name, with the tasks when chosen (nyuv2-seg-depth-normal)."""
+    return "-".join((family.name, *tasks))
+
+
+def protocol_of(folder: str) -> str:
+    """The protocol of a results folder (the inverse of ``experiment``)."""
+    return folder.split("-")[0]
+
+
+def run_dir(out: Path, family: Protocol, method: str, fold: int | None, seed: int, tasks: tuple[str, ...] = ()) -> Path:
+    return out / experiment(family, tasks) / method / (f"fold{fold}_seed{seed}" if fold is not None else f"seed{seed}")
 
 
 def run_status(run: Run) -> str:
@@ -97,7 +115,8 @@ def run_status(run: Run) -> str:
     return "interrupted" if run.last.is_file() else "fresh"
 
 
-def plan(family: Protocol, out: Path, methods: list[str], folds: list[int | None], seeds: list[int]) -> list[Run]:
+def plan(family: Protocol, out: Path, methods: list[str], folds: list[int | None], seeds: list[int],
+         tasks: tuple[str, ...] = ()) -> list[Run]:
     """Every run in dependency order: all stage-1 runs (single-task, and methods trained from
     ImageNet), then all stage-2 runs. A stage-2 method brings its stage-1 run along."""
     if family.single is not None and any(family.stage2(m) for m in methods) and family.single not in methods:
@@ -109,9 +128,9 @@ def plan(family: Protocol, out: Path, methods: list[str], folds: list[int | None
         for fold in folds:
             for seed in seeds:
                 for method in group:
-                    run = Run(family, method, fold, seed, run_dir(out, family, method, fold, seed))
+                    run = Run(family, method, fold, seed, run_dir(out, family, method, fold, seed, tasks), tasks=tasks)
                     if family.stage2(method):
-                        run.init = run_dir(out, family, family.single, fold, seed) / "checkpoint_best.pth"
+                        run.init = run_dir(out, family, family.single, fold, seed, tasks) / "checkpoint_best.pth"
                     run.status = run_status(run)
                     runs.append(run)
     return runs
@@ -124,7 +143,8 @@ def train_command(run: Run, data_root: Path, extra: list[str], torchrun: int = 0
            "--seed", str(run.seed)]
     if run.fold is not None:
         cmd += [f.fold_flag, str(run.fold)]
-    cmd += [*f.script_args, "--out", str(run.last), "--logdir", str(run.dir)]
+    cmd += [*f.script_args, *([f.task_flag, *run.tasks] if run.tasks else []), "--out", str(run.last), "--logdir",
+            str(run.dir)]
     if run.init is not None:
         cmd += ["--init", str(run.init)]
     if run.status == "interrupted":
@@ -158,6 +178,22 @@ def parse_ints(text: str, what: str) -> list[int]:
     except ValueError:
         raise ProtocolError(f"--{what} {text!r}: expected numbers and ranges such as 0,1,2 or 0-4") from None
     return list(dict.fromkeys(out))
+
+
+def evaluate_here(cmd: list[str]) -> int:
+    """Run an eval.py command line in this process (its exit code): the same arguments and the same code as
+    ``python eval.py ...``, without a second interpreter importing torch for every run."""
+    import traceback
+
+    import eval as evaluation
+
+    try:
+        return evaluation.main(evaluation.get_args_parser().parse_args(cmd[cmd.index(str(REPO / EVALUATOR)) + 1:]))
+    except SystemExit as e:  # argparse
+        return int(e.code or 0)
+    except Exception:  # a crash in evaluation is reported like a failed command, the finished runs kept
+        traceback.print_exc()
+        return 1
 
 
 def execute(cmd: list[str]) -> int:
@@ -199,15 +235,18 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         if bad:
             raise ProtocolError(f"--folds: {bad} not among {family.name}'s folds {list(family.folds)}")
     seeds = parse_ints(args.seeds, "seeds") if args.seeds else list(family.seeds)
+    tasks = tuple(args.tasks or ())
+    if tasks and family.task_flag is None:
+        raise ProtocolError(f"--tasks: {family.name}'s tasks are fixed")
     data_root, out = Path(args.data_root).resolve(), Path(args.out).resolve()
     if not data_root.is_dir():
         raise ProtocolError(f"--data-root {args.data_root}: not a folder")
-    runs = plan(family, out, methods, folds, seeds)
+    runs = plan(family, out, methods, folds, seeds, tasks)
     counts = {s: sum(r.status == s for r in runs) for s in ("finished", "interrupted", "fresh")}
     log = sys.stderr if args.dry_run else sys.stdout
     print(f"plan: {len(runs)} runs of {family.name} ({', '.join(dict.fromkeys(r.method for r in runs))}; "
           f"folds {'-' if folds == [None] else ','.join(map(str, folds))}; seeds {','.join(map(str, seeds))}) "
-          f"under {out / family.name}: {counts['finished']} finished, {counts['interrupted']} interrupted "
+          f"under {out / experiment(family, tasks)}: {counts['finished']} finished, {counts['interrupted']} interrupted "
           f"(resumed), {counts['fresh']} to train", file=log, flush=True)
     for status in ("finished", "interrupted"):
         if counts[status]:
@@ -225,7 +264,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         t0 = time.time()
         run.dir.mkdir(parents=True, exist_ok=True)
         for what, cmd in (("training", train), ("evaluation", evaluate)):
-            code = execute(cmd)
+            code = execute(cmd) if what == "training" else evaluate_here(cmd)
             script = Path(cmd[cmd.index("--data-root") - 1]).name
             if code in (130, 143):  # SIGINT / SIGTERM: the training script saved a resumable checkpoint
                 print(f"stopped: run {run.name}: {what} ({script}) interrupted (exit code {code}); "
@@ -284,6 +323,7 @@ def mean_std(values: list[float]) -> tuple[float, float, int]:
 
 
 def method_order(family: str, methods: set[str]) -> list[str]:
+    family = protocol_of(family)
     known = PROTOCOLS[family].methods if family in PROTOCOLS else ()
     return [m for m in known if m in methods] + sorted(methods - set(known))
 
@@ -294,7 +334,7 @@ def aggregate(family: str, runs: list[dict]) -> tuple[list[dict], list[str], lis
     metric names in order and the notes (fused runs without a single-task partner)."""
     from engine.metrics import multitask_delta  # the one definition of metric directions
 
-    single = PROTOCOLS[family].single if family in PROTOCOLS else "none"
+    single = PROTOCOLS[protocol_of(family)].single if protocol_of(family) in PROTOCOLS else "none"
     metrics = list(dict.fromkeys(k for r in runs for k in r["metrics"]))
     by_method: dict[str, list[dict]] = {}
     for r in runs:
@@ -315,9 +355,10 @@ def aggregate(family: str, runs: list[dict]) -> tuple[list[dict], list[str], lis
                 notes.append(f"{method} fold {r['fold']} seed {r['seed']}: no {single} run to compare with")
                 continue
             reported = {k: v for k, v in r["metrics"].items() if math.isfinite(v)}  # null in eval.json: undefined
-            deltas.append(multitask_delta(reported, base).get("delta/mean", math.nan))
-        mean, std, n = mean_std(deltas)
-        rows.append({"method": method, "metric": DELTA, "mean": mean, "std": std, "n": n})
+            deltas.append(multitask_delta(reported, base))
+        for name, key in DELTAS.items():
+            mean, std, n = mean_std([d.get(key, math.nan) for d in deltas])
+            rows.append({"method": method, "metric": name, "mean": mean, "std": std, "n": n})
     return rows, metrics, notes
 
 
@@ -349,7 +390,7 @@ def render(rows: list[dict], columns: list[str], n_runs: dict[str, int] | None, 
     """methods x columns, each cell mean +- std; column 'n' = runs of the method (none if n_runs is None)."""
     table = {(r["method"], r["metric"]): r for r in rows}
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    digits = {c: 2 if c == DELTA else 4 for c in columns}
+    digits = {c: 2 if c in DELTAS else 4 for c in columns}
     n_head = ["n"] if n_runs is not None else []
 
     def n_cell(m: str) -> list[str]:
@@ -416,8 +457,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     family, runs = collect(root)
     rows, metrics, notes = aggregate(family, runs)
     n_runs = runs_per_method(runs)
-    columns = metrics + ([DELTA] if any(r["metric"] == DELTA for r in rows) else [])
-    print(render(rows, columns, n_runs, args.format, f"{family}: mean ± sample std over runs (n = runs)"), end="")
+    deltas = [d for d in DELTAS if any(r["metric"] == d for r in rows)]
+    print(render(rows, metrics + deltas, n_runs, args.format, f"{family}: mean ± sample std over runs (n = runs)"),
+          end="")
+    if deltas:
+        print(DELTA_NOTE)
     class_rows, names = per_class_rows(family, runs)
     if class_rows:
         # Classes as rows read better than 40 columns: transpose into class x method.
@@ -453,8 +497,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true",
                    help="print one shell line per pending run (training && evaluation), in dependency order")
     r.add_argument("--torchrun", type=int, default=0, metavar="N", help="train each run on N GPUs with torchrun")
+    r.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                   help="nyuv2, cityscapes: the tasks in branch order (the training script's --tasks); the runs go to "
+                        "OUT/<protocol>-<task>-.../")
     q = sub.add_parser("report", help="table of methods x metrics over the runs under a folder")
-    q.add_argument("dir", help="the --out folder of `run` (one family) or OUT/<family>")
+    q.add_argument("dir", help="the --out folder of `run` (one protocol) or OUT/<protocol>[-<tasks>]")
     q.add_argument("--format", choices=("md", "csv", "tex"), default="md")
     q.add_argument("--json", default=None, metavar="FILE",
                    help='write {"rows": [{"method", "metric", "mean", "std", "n"}, ...]} (metric delta_m: deltas)')

@@ -168,13 +168,15 @@ def decode_disparity(p: np.ndarray) -> np.ndarray:
 class Cityscapes(Dataset):
     """Cityscapes frames from the official layout or an MTAN folder (see the module docstring).
 
-    Attributes: ``layout`` ('official' | 'mtan'), ``target`` ('disparity' | 'depth'), ``num_classes`` (19 | 7),
+    Attributes: ``layout`` ('official' | 'mtan'), ``tasks`` (seg, depth: the targets its samples hold; 'depth' is
+    the ``target``), ``target`` ('disparity' | 'depth'), ``num_classes`` (19 | 7),
     ``class_names``, ``ignore_index``, ``disparity_width`` (see the module docstring), ``indices`` (position of every
     sample in the source split), ``stems`` (official: '<city>_<seq>_<frame>' of every sample; MTAN: file numbers as
     strings).
     """
 
     ignore_index = IGNORE_INDEX
+    tasks = ("seg", "depth")
 
     def __init__(
         self,

@@ -115,7 +115,8 @@ def _read_meta(root: Path) -> dict[str, Any]:
 class NYUv2(Dataset):
     """NYUv2 frames from a prepared official folder or an MTAN folder (see the module docstring).
 
-    Attributes: ``layout`` ('official' | 'mtan'), ``num_classes`` (40 | 13), ``ignore_index`` (255),
+    Attributes: ``layout`` ('official' | 'mtan'), ``tasks`` (the targets its samples hold: seg, depth, and normal in
+    the MTAN layout), ``num_classes`` (40 | 13), ``ignore_index`` (255),
     ``class_names``, ``indices`` (NYU index or MTAN file number of every sample, in order).
     """
 
@@ -138,6 +139,8 @@ class NYUv2(Dataset):
         self.split = split
         self.transform = transform
         self.layout = detect_layout(self.root)
+        # the official .mat has no normals; the MTAN folder has Eigen & Fergus' precomputed ones
+        self.tasks: tuple[str, ...] = ("seg", "depth", "normal") if self.layout == "mtan" else ("seg", "depth")
         source = "test" if split == "test" else "train"
         if self.layout == "official":
             meta = _read_meta(self.root)

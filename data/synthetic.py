@@ -191,20 +191,22 @@ def render_room(rng: np.random.Generator, height: int = 480, width: int = 640) -
     colour += rng.normal(0, 5, colour.shape)
     image = np.clip(colour, 0, 255).astype(np.uint8)
 
-    # unlabeled border and patches (raw 0), as left by the annotators; the image is unchanged there
+    # unlabeled border and patches (raw 0), as left by the annotators; the image is unchanged there. Patch
+    # sizes are those of a 480 x 640 frame, scaled with the frame, so that a small frame keeps most of its labels.
+    sy, sx = height / 480, width / 640
     unlabeled = np.zeros((height, width), bool)
-    band = int(rng.integers(height // 60, height // 30 + 1))
+    band = max(1, int(rng.integers(height // 60, height // 30 + 1)))  # not 0: [-0:] would be the whole frame
     unlabeled[:band], unlabeled[-band:], unlabeled[:, :band], unlabeled[:, -band:] = True, True, True, True
     for _ in range(rng.integers(1, 3)):
-        top, left = rng.uniform(0, height - 20), rng.uniform(0, width - 20)
-        _box(unlabeled, top, top + rng.uniform(10, 40), left, left + rng.uniform(10, 60), True)
+        top, left = rng.uniform(0, height - 20 * sy), rng.uniform(0, width - 20 * sx)
+        _box(unlabeled, top, top + rng.uniform(10, 40) * sy, left, left + rng.uniform(10, 60) * sx, True)
     raw[unlabeled], instances[unlabeled], normal[unlabeled] = 0, 0, 0
 
     raw_depth = depth + rng.normal(0, 0.01, depth.shape).astype(np.float32)
     holes = unlabeled | (raw == WINDOW)
     for _ in range(rng.integers(2, 5)):
         top, left = rng.uniform(0, height), rng.uniform(0, width)
-        _box(holes, top, top + rng.uniform(5, 30), left, left + rng.uniform(5, 30), True)
+        _box(holes, top, top + rng.uniform(5, 30) * sy, left, left + rng.uniform(5, 30) * sx, True)
     raw_depth[holes] = 0
     return {
         "image": image,
@@ -319,8 +321,10 @@ def write_nyuv2(
     return out
 
 
-def write_mtan(out: str | Path, n_train: int = 12, n_val: int = 8, seed: int = 0) -> Path:
-    """Write an MTAN-style nyuv2/ folder of 288 x 384 rendered rooms into `out`; returns `out`."""
+def write_mtan(out: str | Path, n_train: int = 12, n_val: int = 8, seed: int = 0,
+               size: tuple[int, int] = (288, 384)) -> Path:
+    """Write an MTAN-style nyuv2/ folder of rendered rooms (288 x 384 as MTAN's; smaller for quick runs) into
+    `out`; returns `out`."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     lut = np.concatenate([[0], CLASS_13_OF_40[MAP_CLASS_40 - 1]]).astype(np.int64) - 1  # raw -> 13-class, 0 -> -1
@@ -328,7 +332,7 @@ def write_mtan(out: str | Path, n_train: int = 12, n_val: int = 8, seed: int = 0
         for part in ("image", "label", "depth", "normal"):
             (out / split / part).mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            frame = render_room(rng, 288, 384)
+            frame = render_room(rng, *size)
             np.save(out / split / "image" / f"{i}.npy", frame["image"] / 255.0)  # float64 in [0, 1]
             np.save(out / split / "label" / f"{i}.npy", lut[frame["raw"]].astype(np.float32))
             np.save(out / split / "depth" / f"{i}.npy", frame["raw_depth"][..., None])
@@ -661,6 +665,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     mtan = sub.add_parser("mtan", help="an MTAN-style nyuv2/ folder of .npy files")
     mtan.add_argument("--n-train", type=int, default=12)
     mtan.add_argument("--n-val", type=int, default=8)
+    mtan.add_argument("--size", type=int, nargs=2, default=(288, 384), metavar=("H", "W"),
+                      help="frame height and width (MTAN's 288 x 384 by default)")
     adience = sub.add_parser("adience", help="Adience fold files + aligned/ JPEG faces")
     adience.add_argument("--per-fold", type=int, default=60, help="rows per fold, 5 of which must be dropped")
     adience.add_argument("--size", type=int, default=256, help="image side in pixels")
@@ -681,7 +687,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.dataset == "nyuv2":
         out = write_nyuv2(args.out, args.n, args.seed, args.mapping, tuple(args.frame_size), args.train_fraction)
     elif args.dataset == "mtan":
-        out = write_mtan(args.out, args.n_train, args.n_val, args.seed)
+        out = write_mtan(args.out, args.n_train, args.n_val, args.seed, tuple(args.size))
     elif args.dataset == "cityscapes":
         out = write_cityscapes(args.out, args.n_train, args.n_val, tuple(args.size), args.seed)
     elif args.dataset == "cityscapes-mtan":

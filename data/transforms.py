@@ -24,7 +24,7 @@ centre (eval) 224 x 224 crop, random horizontal flip (train), normalise.
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -40,30 +40,53 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PAD_FILL = {"seg": IGNORE_INDEX, "depth": 0.0, "normal": 0.0}  # image pads with 0 too
 
 
+def hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """(height, width) of a crop or window size given as a side (a square) or a pair."""
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def unit_normals(normal: Tensor) -> Tensor:
+    """Normals (3, H, W) scaled back to unit length; invalid (all-zero) vectors stay zero."""
+    norm = torch.linalg.vector_norm(normal, dim=0, keepdim=True)
+    return torch.where(norm > 0, normal / norm.clamp_min(1e-12), 0.0)
+
+
 def normalize(image: Tensor) -> Tensor:
     """uint8 (..., 3, H, W) -> float32 (..., 3, H, W) scaled to [0, 1] and ImageNet-normalised."""
     return F.normalize(F.to_dtype(image, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
 
 
 class PixelTrainTransform:
-    """Training augmentation for NYUv2 samples (see the module docstring).
+    """Training augmentation for pixel-task samples (NYUv2, Cityscapes; see the module docstring).
 
-    Input: 'image' uint8 (3, H, W), 'seg' int64 (H, W), 'depth' float32 (1, H, W), optional 'normal' (3, H, W).
-    Output: 'image' float32 (3, S, S), 'seg' int64 (S, S), 'depth' float32 (1, S, S), 'normal' (3, S, S), S = crop_size.
+    Input: 'image' uint8 (3, H, W), 'seg' int64 (H, W), optional 'depth' float32 (1, H, W) and 'normal' (3, H, W).
+    Output: 'image' float32 (3, h, w), 'seg' int64 (h, w), 'depth' (1, h, w), 'normal' (3, h, w), (h, w) = crop_size.
+
+    Args:
+        crop_size: the crop, a side (square) or (height, width).
+        scale: range of the random scale factor.
+        flip_p: probability of a horizontal flip (normals' x component negated).
+        jitter: (brightness, contrast, saturation, hue) for v2.ColorJitter on the image only; None disables it.
+        disparity: 'depth' holds disparity in pixels (Cityscapes): a resize scales it with the width. Metric
+            depth (NYUv2) stays as it is: resampling the image does not move the camera.
     """
 
     def __init__(
         self,
-        crop_size: int = 300,
+        crop_size: int | tuple[int, int] = 300,
         scale: tuple[float, float] = (0.5, 2.0),
         flip_p: float = 0.5,
         jitter: tuple[float, float, float, float] | None = (0.3, 0.3, 0.3, 0.0),
+        disparity: bool = False,
     ) -> None:
-        """jitter = (brightness, contrast, saturation, hue) for v2.ColorJitter on the image only; None disables it."""
         self.crop_size = crop_size
         self.scale = scale
         self.flip_p = flip_p
         self.jitter = v2.ColorJitter(*jitter) if jitter else None
+        self.disparity = disparity
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         out = dict(sample)
@@ -73,17 +96,24 @@ class PixelTrainTransform:
         maps["seg"] = maps["seg"].to(torch.uint8)[None]
         s = torch.empty(()).uniform_(*self.scale).item()
         size = [max(1, round(image.shape[-2] * s)), max(1, round(image.shape[-1] * s))]
+        width_factor = size[1] / image.shape[-1]
         image = F.resize(image, size, InterpolationMode.BILINEAR, antialias=True)
+        # nearest: ignore labels and invalid zeros are never blended, normals stay unit vectors
         maps = {k: F.resize(m, size, InterpolationMode.NEAREST) for k, m in maps.items()}
-        pad = [0, 0, max(self.crop_size - size[1], 0), max(self.crop_size - size[0], 0)]  # left, top, right, bottom
+        if self.disparity and "depth" in maps:  # disparity in pixels grows with the image width
+            maps["depth"] = maps["depth"] * width_factor
+        if "normal" in maps:
+            maps["normal"] = unit_normals(maps["normal"])
+        crop_h, crop_w = hw(self.crop_size)
+        pad = [0, 0, max(crop_w - size[1], 0), max(crop_h - size[0], 0)]  # left, top, right, bottom
         if any(pad):
             image = F.pad(image, pad, fill=0)
             maps = {k: F.pad(m, pad, fill=PAD_FILL[k]) for k, m in maps.items()}
         height, width = image.shape[-2:]
-        top = int(torch.randint(height - self.crop_size + 1, ()))
-        left = int(torch.randint(width - self.crop_size + 1, ()))
-        image = F.crop(image, top, left, self.crop_size, self.crop_size)
-        maps = {k: F.crop(m, top, left, self.crop_size, self.crop_size) for k, m in maps.items()}
+        top = int(torch.randint(height - crop_h + 1, ()))
+        left = int(torch.randint(width - crop_w + 1, ()))
+        image = F.crop(image, top, left, crop_h, crop_w)
+        maps = {k: F.crop(m, top, left, crop_h, crop_w) for k, m in maps.items()}
         if torch.rand(()) < self.flip_p:
             image = F.horizontal_flip(image)
             maps = {k: F.horizontal_flip(m) for k, m in maps.items()}
@@ -104,8 +134,8 @@ class PixelEvalTransform:
     docstring).
     """
 
-    def __init__(self, crop_size: int = 300) -> None:
-        if crop_size < 1:
+    def __init__(self, crop_size: int | tuple[int, int] = 300) -> None:
+        if min(hw(crop_size)) < 1:
             raise ValueError(f"crop_size must be positive, got {crop_size}")
         self.crop_size = crop_size
 
@@ -121,11 +151,18 @@ def window_starts(length: int, crop_size: int, stride: int) -> list[int]:
     return [round(i * (length - crop_size) / (n - 1)) for i in range(n)]
 
 
-def count_windows(height: int, width: int, crop_size: int, stride: int | None = None) -> int:
+def window_strides(crop_size: int | Sequence[int], stride: int | Sequence[int] | None = None) -> tuple[int, int]:
+    """(vertical, horizontal) strides of the windows: two thirds of the window by default."""
+    crop_h, crop_w = hw(crop_size)
+    return (2 * crop_h // 3, 2 * crop_w // 3) if stride is None else hw(stride)
+
+
+def count_windows(height: int, width: int, crop_size: int | Sequence[int],
+                  stride: int | Sequence[int] | None = None) -> int:
     """Number of windows ``sliding_window_predict`` runs on an image of height x width."""
-    stride = 2 * crop_size // 3 if stride is None else stride
-    return len(window_starts(max(height, crop_size), crop_size, stride)) * len(
-        window_starts(max(width, crop_size), crop_size, stride))
+    (crop_h, crop_w), (stride_h, stride_w) = hw(crop_size), window_strides(crop_size, stride)
+    return len(window_starts(max(height, crop_h), crop_h, stride_h)) * len(
+        window_starts(max(width, crop_w), crop_w, stride_w))
 
 
 WINDOW_BATCH = 8  # windows per forward pass (a batch of 1 wastes most of a CPU's or GPU's throughput)
@@ -135,49 +172,50 @@ WINDOW_BATCH = 8  # windows per forward pass (a batch of 1 wastes most of a CPU'
 def sliding_window_predict(
     model_fn: Callable[[Tensor], dict[str, Tensor]],
     image: Tensor,
-    crop_size: int,
-    stride: int | None = None,
+    crop_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
     on_window: Callable[[], None] | None = None,
     window_batch: int = WINDOW_BATCH,
 ) -> dict[str, Tensor]:
-    """Full-resolution predictions from a network that only accepts crop_size x crop_size inputs.
+    """Full-resolution predictions from a network that only accepts inputs of one size, ``crop_size`` (a side, or
+    (height, width)).
 
-    image: normalised float (B, 3, H, W) (or (3, H, W), treated as B = 1). model_fn maps windows (N, 3, s, s) to a
-    dict of (N, C_k, s, s) outputs. Returns {key: (B, C_k, H, W)}, each the average over the covering windows.
+    image: normalised float (B, 3, H, W) (or (3, H, W), treated as B = 1). model_fn maps windows (N, 3, h, w) to a
+    dict of (N, C_k, h, w) outputs. Returns {key: (B, C_k, H, W)}, each the average over the covering windows.
     Up to ``window_batch`` windows (of every image of the batch) go through the network in one call; the sums are
     taken in window order whatever the batching. ``on_window`` is called after each window (a progress bar's
     update; ``count_windows`` gives the total).
     """
-    stride = 2 * crop_size // 3 if stride is None else stride
-    if not 1 <= stride <= crop_size:
+    (crop_h, crop_w), (stride_h, stride_w) = hw(crop_size), window_strides(crop_size, stride)
+    if not (1 <= stride_h <= crop_h and 1 <= stride_w <= crop_w):
         raise ValueError(f"stride must be in 1..crop_size={crop_size}, got {stride}")
     if image.ndim == 3:
         image = image[None]
     batch, _, height, width = image.shape
     # zeros = the mean colour after normalisation; outputs over the padding are cropped away below
-    image = torch.nn.functional.pad(image, (0, max(crop_size - width, 0), 0, max(crop_size - height, 0)))
+    image = torch.nn.functional.pad(image, (0, max(crop_w - width, 0), 0, max(crop_h - height, 0)))
     padded = image.shape[-2:]
-    starts = [(y, x) for y in window_starts(padded[0], crop_size, stride)
-              for x in window_starts(padded[1], crop_size, stride)]
+    starts = [(y, x) for y in window_starts(padded[0], crop_h, stride_h)
+              for x in window_starts(padded[1], crop_w, stride_w)]
     sums: dict[str, Tensor] = {}
     count = torch.zeros(padded, device=image.device)
     for first in range(0, len(starts), max(window_batch, 1)):
         chunk = starts[first:first + max(window_batch, 1)]
-        windows = torch.cat([image[..., y : y + crop_size, x : x + crop_size] for y, x in chunk])  # (n * B, 3, s, s)
+        windows = torch.cat([image[..., y : y + crop_h, x : x + crop_w] for y, x in chunk])  # (n * B, 3, h, w)
         outputs = model_fn(windows)
         for key, value in outputs.items():
-            if value.ndim != 4 or value.shape[0] != len(windows) or tuple(value.shape[-2:]) != (crop_size, crop_size):
+            if value.ndim != 4 or value.shape[0] != len(windows) or tuple(value.shape[-2:]) != (crop_h, crop_w):
                 raise ValueError(
-                    f"model output {key!r} has shape {tuple(value.shape)}; expected ({len(windows)}, C, {crop_size}, "
-                    f"{crop_size}) (upsample outputs to the window size)"
+                    f"model output {key!r} has shape {tuple(value.shape)}; expected ({len(windows)}, C, {crop_h}, "
+                    f"{crop_w}) (upsample outputs to the window size)"
                 )
             if key not in sums:  # accumulate in at least float32, also under autocast
                 dtype = torch.promote_types(value.dtype, torch.float32)
                 sums[key] = value.new_zeros(batch, value.shape[1], *padded, dtype=dtype)
         for k, (y, x) in enumerate(chunk):
             for key, value in outputs.items():
-                sums[key][..., y : y + crop_size, x : x + crop_size] += value[k * batch : (k + 1) * batch]
-            count[y : y + crop_size, x : x + crop_size] += 1
+                sums[key][..., y : y + crop_h, x : x + crop_w] += value[k * batch : (k + 1) * batch]
+            count[y : y + crop_h, x : x + crop_w] += 1
             if on_window is not None:
                 on_window()
     return {key: (total / count.to(total.device))[..., :height, :width] for key, total in sums.items()}

@@ -6,7 +6,13 @@ pixel accuracy, mean class accuracy and mean IoU over classes whose denominator 
 empty (the reference's definition), frequency-weighted IoU.
 Depth (on pixels with ground truth > 0; predictions clamped to >= MIN_DEPTH so that the
 ratios and logarithms are defined): abs error, abs rel, sq rel, log10, RMSE, RMSE(log),
-and the fractions with max(pred/gt, gt/pred) below 1.25, 1.25^2, 1.25^3.
+and the fractions with max(pred/gt, gt/pred) below 1.25, 1.25^2, 1.25^3 (Cityscapes' 'depth' task
+is disparity by default: the same metrics on disparity values).
+Surface normals (on pixels whose true vector is not all zero, the norm test of Vandenhende et al.:
+MTAN, LibMTL and Nash-MTL test the component sum, which drops valid vectors whose components sum
+to 0): the angle between prediction and truth in degrees, pooled over every valid pixel of the
+split (LibMTL's convention; MTAN and Nash-MTL average per batch of two, which changes the median):
+mean, median, RMSE, and the fractions within 11.25, 22.5 and 30 degrees.
 Image tasks: gender accuracy, age accuracy, age 1-off accuracy (within one group).
 Series photo selection: see SeriesMeter.
 """
@@ -29,44 +35,29 @@ DIRECTION = {
     "seg/miou": 1, "seg/pixel_acc": 1, "seg/mean_class_acc": 1, "seg/fwiou": 1,
     "depth/abs_err": -1, "depth/rel_err": -1, "depth/sq_rel": -1, "depth/log10": -1, "depth/rmse": -1,
     "depth/rmse_log": -1, "depth/delta1": 1, "depth/delta2": 1, "depth/delta3": 1,
+    "normal/mean": -1, "normal/median": -1, "normal/rmse": -1, "normal/a11": 1, "normal/a22": 1, "normal/a30": 1,
     "gender/acc": 1, "age/acc": 1, "age/one_off": 1,
     "pair/acc": 1, "pair/acc_agree": 1, "pair/nll": -1, "series/top1": 1,
 }
 
 
-class PixelMeter:
-    """Accumulates a confusion matrix and depth error sums on the device (no host syncs)."""
-
-    DEPTH_SUMS = ("abs_err", "rel_err", "sq_rel", "log10", "sq_err", "sq_log", "delta1", "delta2", "delta3", "count")
+class SegMeter:
+    """Segmentation: a confusion matrix accumulated on the device (no host syncs)."""
 
     def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
         self.num_classes = num_classes
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-        self.depth = torch.zeros(len(self.DEPTH_SUMS), dtype=torch.float64, device=device)
 
     @torch.no_grad()
-    def update(self, seg_pred: Tensor, seg_true: Tensor, depth_pred: Tensor, depth_true: Tensor) -> None:
-        """seg_pred, seg_true: (B, H, W) class ids (255 = ignore); depth_*: (B, H, W) metres."""
+    def update(self, pred: Tensor, true: Tensor) -> None:
+        """pred, true: (B, H, W) class ids (IGNORE_INDEX in true = no label)."""
         n = self.num_classes
-        keep = seg_true != IGNORE_INDEX
-        idx = seg_true[keep].long() * n + seg_pred[keep].long()
+        keep = true != IGNORE_INDEX
+        idx = true[keep].long() * n + pred[keep].long()
         self.confusion += torch.bincount(idx, minlength=n * n).view(n, n)
-        valid = depth_true > 0
-        gt = depth_true[valid].double()
-        pred = depth_pred[valid].double().clamp_min(MIN_DEPTH)
-        err = pred - gt
-        ratio = torch.maximum(pred / gt, gt / pred)
-        log_err = torch.log(pred) - torch.log(gt)
-        self.depth += torch.stack([
-            err.abs().sum(), (err.abs() / gt).sum(), (err.square() / gt).sum(),
-            (torch.log10(pred) - torch.log10(gt)).abs().sum(), err.square().sum(), log_err.square().sum(),
-            (ratio < 1.25).sum(), (ratio < 1.25 ** 2).sum(), (ratio < 1.25 ** 3).sum(),
-            torch.tensor(float(gt.numel()), dtype=torch.float64, device=gt.device),
-        ])
 
     def reduce(self) -> None:
         all_reduce_sum(self.confusion)
-        all_reduce_sum(self.depth)
 
     def class_iou(self) -> list[float]:
         """IoU of every class from the confusion matrix (NaN where the union is empty); seg/miou
@@ -84,21 +75,98 @@ class PixelMeter:
         present = union > 0
         iou = tp[present] / union[present]
         has_gt = gt_count > 0
-        out = {
+        return {
             "seg/miou": iou.mean().item() if present.any() else math.nan,
             "seg/pixel_acc": (tp.sum() / total).item() if total > 0 else math.nan,
             "seg/mean_class_acc": (tp[has_gt] / gt_count[has_gt]).mean().item() if has_gt.any() else math.nan,
             "seg/fwiou": ((gt_count[present] / total) * iou).sum().item() if total > 0 else math.nan,
         }
-        s = dict(zip(self.DEPTH_SUMS, self.depth.cpu().tolist()))
+
+
+class DepthMeter:
+    """Depth (or disparity) error sums on the device (no host syncs)."""
+
+    SUMS = ("abs_err", "rel_err", "sq_rel", "log10", "sq_err", "sq_log", "delta1", "delta2", "delta3", "count")
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.sums = torch.zeros(len(self.SUMS), dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def update(self, pred: Tensor, true: Tensor) -> None:
+        """pred, true: (B, H, W); true 0 = no ground truth."""
+        valid = true > 0
+        gt = true[valid].double()
+        pred = pred[valid].double().clamp_min(MIN_DEPTH)
+        err = pred - gt
+        ratio = torch.maximum(pred / gt, gt / pred)
+        log_err = torch.log(pred) - torch.log(gt)
+        self.sums += torch.stack([
+            err.abs().sum(), (err.abs() / gt).sum(), (err.square() / gt).sum(),
+            (torch.log10(pred) - torch.log10(gt)).abs().sum(), err.square().sum(), log_err.square().sum(),
+            (ratio < 1.25).sum(), (ratio < 1.25 ** 2).sum(), (ratio < 1.25 ** 3).sum(),
+            torch.tensor(float(gt.numel()), dtype=torch.float64, device=gt.device),
+        ])
+
+    def reduce(self) -> None:
+        all_reduce_sum(self.sums)
+
+    def compute(self) -> dict[str, float]:
+        s = dict(zip(self.SUMS, self.sums.cpu().tolist()))
         c = s["count"] or math.nan
-        out.update({
+        return {
             "depth/abs_err": s["abs_err"] / c, "depth/rel_err": s["rel_err"] / c, "depth/sq_rel": s["sq_rel"] / c,
             "depth/log10": s["log10"] / c, "depth/rmse": math.sqrt(s["sq_err"] / c),
             "depth/rmse_log": math.sqrt(s["sq_log"] / c), "depth/delta1": s["delta1"] / c,
             "depth/delta2": s["delta2"] / c, "depth/delta3": s["delta3"] / c,
-        })
-        return out
+        }
+
+
+def normal_angles(pred: Tensor, true: Tensor) -> Tensor:
+    """Angles in degrees, float64, between predicted and true normals (B, 3, H, W) at the valid pixels
+    (true vector not all zero); both are normalised first, so only directions count."""
+    valid = torch.linalg.vector_norm(true, dim=1) > 0
+    p = pred.double().permute(0, 2, 3, 1)[valid]  # (n, 3)
+    t = true.double().permute(0, 2, 3, 1)[valid]
+    cos = (p * t).sum(1) / (torch.linalg.vector_norm(p, dim=1) * torch.linalg.vector_norm(t, dim=1)).clamp_min(1e-300)
+    return torch.rad2deg(torch.acos(cos.clamp(-1, 1)))
+
+
+class NormalMeter:
+    """Surface normal errors pooled over every valid pixel: sums for the mean, RMSE and thresholds, and
+    every angle (float32, on the host) for the exact median; ranks gather them in ``reduce``."""
+
+    THRESHOLDS = {"a11": 11.25, "a22": 22.5, "a30": 30.0}
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.sums = torch.zeros(2 + len(self.THRESHOLDS) + 1, dtype=torch.float64, device=device)
+        self.angles: list[Tensor] = []
+
+    @torch.no_grad()
+    def update(self, pred: Tensor, true: Tensor) -> None:
+        """pred, true: (B, 3, H, W) normals; a true all-zero vector = no ground truth."""
+        angle = normal_angles(pred, true)
+        self.sums += torch.stack([angle.sum(), angle.square().sum(),
+                                  *[(angle < t).sum().double() for t in self.THRESHOLDS.values()],
+                                  torch.tensor(float(angle.numel()), dtype=torch.float64, device=angle.device)])
+        self.angles.append(angle.float().cpu())
+
+    def reduce(self) -> None:
+        import torch.distributed as dist
+
+        all_reduce_sum(self.sums)
+        if dist.is_available() and dist.is_initialized():
+            parts: list = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, torch.cat(self.angles) if self.angles else torch.zeros(0))
+            self.angles = parts
+
+    def compute(self) -> dict[str, float]:
+        total, squares, *within, count = self.sums.cpu().tolist()
+        angles = torch.cat(self.angles) if self.angles else torch.zeros(0)
+        c = count or math.nan
+        # the median of an even count is the mean of the two middle angles (numpy's, as LibMTL's np.median)
+        median = angles.double().quantile(0.5).item() if count else math.nan
+        return {"normal/mean": total / c, "normal/median": median,
+                "normal/rmse": math.sqrt(squares / c), **{f"normal/{k}": w / c for k, w in zip(self.THRESHOLDS, within)}}
 
 
 class ImageMeter:
@@ -195,13 +263,19 @@ def series_metrics(rows: list[tuple[int, int, int, float, float]]) -> dict[str, 
 
 
 def multitask_delta(metrics: dict[str, float], baseline: dict[str, float]) -> dict[str, float]:
-    """Multi-task performance delta against a single-task result (Maninis et al., 2019):
-    per metric 100 * s * (m - b) / b with s = +1 where higher is better and -1 where lower is
-    better, and their mean over the metrics both results report ('delta/mean')."""
+    """Multi-task performance delta against a single-task result, per metric 100 * s * (m - b) / b with
+    s = +1 where higher is better and -1 where lower is better, over the metrics both results report, and
+    two means of them: 'delta/mean' over the metrics (Maninis et al. 2019; the flat mean of the Nash-MTL,
+    CAGrad and FAMO tables) and 'delta/mean_task' over the tasks of each task's mean (LibMTL's
+    count_improvement, in percent); a metric's task is its name up to the '/'."""
     out = {}
     for k, d in DIRECTION.items():
         if k in metrics and k in baseline and baseline[k] not in (0, None) and not math.isnan(baseline[k]):
             out[f"delta/{k}"] = 100.0 * d * (metrics[k] - baseline[k]) / abs(baseline[k])
     if out:
+        by_task: dict[str, list[float]] = {}
+        for k, v in out.items():
+            by_task.setdefault(k.split("/")[1], []).append(v)
         out["delta/mean"] = sum(out.values()) / len(out)
+        out["delta/mean_task"] = sum(sum(v) / len(v) for v in by_task.values()) / len(by_task)
     return out

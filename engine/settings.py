@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models.afa import DEFAULT_TAU, GRAD_MODES
+from models.afa import DEFAULT_TAU, GRAD_MODES, RELATIONS
 from models.fusion import FUSION_INITS
 
 from .precision import AMP_CHOICES
@@ -58,10 +58,25 @@ class Settings(argparse.Namespace):
 
 # -- flag groups ---------------------------------------------------------------------------------
 
+class CropSize(argparse.Action):
+    """``--crop-size S`` (a square) or ``--crop-size H W``: stored as S or [H, W] (a square as its side), so that
+    the same crop typed either way is the same setting."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if len(values) not in (1, 2) or min(values) < 1:
+            parser.error(f"{option_string}: one side or a height and a width (positive), got {values}")
+        setattr(namespace, self.dest, values[0] if len(values) == 1 or values[0] == values[1] else list(values))
+
+
 def _data(p: argparse._ArgumentGroup, family: type[Family]) -> None:
     p.add_argument("--data-root", help="dataset folder (docs/data.md); required, except with --resume, which takes "
                                        "the run's")
-    p.add_argument("--crop-size", type=int, help="square input size of the network")
+    if family.non_square_inputs:
+        p.add_argument("--crop-size", type=int, nargs="+", action=CropSize, metavar="SIDE",
+                       help="the network's input size: one side (a square) or a height and a width; SAM's size "
+                            "follows")
+    else:
+        p.add_argument("--crop-size", type=int, help="the network's (square) input size")
 
 
 def _holdout(p: argparse._ArgumentGroup, family: type[Family]) -> None:
@@ -89,6 +104,9 @@ def _fusion(p: argparse._ArgumentGroup, family: type[Family]) -> None:
     p.add_argument("--protect-tasks", nargs="+", default=None,
                    help="protect mode: tasks whose branch is shielded (default: task 1, as the original code's "
                         "latest commit; both tasks as its older commits)")
+    p.add_argument("--afa-relation", choices=RELATIONS, default="tied",
+                   help="AFA for more than two tasks: tied (the original's self and other maps, exactly the original "
+                        "at two tasks) or pairwise (a map per ordered pair of tasks)")
 
 
 def _stages(p: argparse._ArgumentGroup, family: type[Family]) -> None:

@@ -49,6 +49,8 @@ class Protocol:
         folds: the test folds (None: no folds); ``fold_flag`` passes one to the script.
         per_class: eval.py writes per-class IoU (``--per-class``).
         script_args: flags every run of this protocol passes to the script (e.g. a dataset choice).
+        task_flag: the script's flag that chooses the tasks (reproduce.py run --tasks passes them through
+            it, and the results go to a folder of their own), or None.
     """
 
     name: str
@@ -62,6 +64,7 @@ class Protocol:
     fold_flag: str = "--test-fold"
     per_class: bool = False
     script_args: tuple[str, ...] = field(default_factory=tuple)
+    task_flag: str | None = None
 
     def stage2(self, method: str) -> bool:
         return self.single is not None and method != self.single and method not in self.from_scratch
@@ -94,6 +97,7 @@ class Family:
     predict_options: ClassVar[tuple[str, ...]] = ()  # family-specific predict.py flags (dests) it uses
     protocols: ClassVar[tuple[Protocol, ...]] = ()
     eval_batch_size: ClassVar[int] = 32  # eval.py's default --batch-size
+    non_square_inputs: ClassVar[bool] = False  # --crop-size H W (else one side)
     hub_entry: ClassVar[str]  # hubconf.py's entry point name
     hub_doc: ClassVar[str]
 
@@ -132,6 +136,10 @@ class Family:
     def model_config(self, train: Dataset) -> dict[str, Any]:
         """The model config of a new run (plain types, as stored in checkpoints)."""
         raise NotImplementedError
+
+    def model_options(self) -> dict[str, Any]:
+        """Model config fields the family sets beyond the flags (e.g. which outputs are unit vectors)."""
+        return {}
 
     def data_info(self, train: Dataset) -> dict[str, Any]:
         """What the checkpoint records about the training data ('data': dataset, frame size, labels)."""

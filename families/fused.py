@@ -31,7 +31,8 @@ class FusedFamily(Family):
         s = self.settings
         return ModelConfig(kind=self.kind, fusion=s.fusion, grad_mode=s.grad_mode, tasks=self.tasks(train),
                            input_size=s.crop_size, tau=s.tau, protect_tasks=s.protect_tasks, fusion_at=s.fusion_at,
-                           fusion_init=s.fusion_init, **({"depths": s.depths} if s.depths else {})).to_dict()
+                           fusion_init=s.fusion_init, afa_relation=s.afa_relation, **self.model_options(),
+                           **({"depths": s.depths} if s.depths else {})).to_dict()
 
     @classmethod
     def run_name(cls, settings: Settings) -> str:

@@ -24,6 +24,8 @@ def pixel_sample(h: int = 32, w: int = 32, seed: int = 0) -> dict:
     seg[:3] = 255
     depth = torch.where(seg[None] % 3 == 0, 0.0, 1.0 + seg[None].float() / 10)  # values keyed to labels
     normal = torch.randn(3, h, w, generator=g)
+    normal = normal / normal.norm(dim=0, keepdim=True)  # unit vectors, as stored
+    normal[:, seg == 255] = 0  # no normal where there is no label
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
     return {"image": image, "seg": seg, "depth": depth, "normal": normal, "index": 7}
 
@@ -43,8 +45,8 @@ def test_pixel_train_shapes_and_dtypes():
 def test_flip_negates_normal_x_and_mirrors_everything():
     sample = pixel_sample()
     out = PixelTrainTransform(crop_size=32, scale=(1.0, 1.0), flip_p=1.0, jitter=None)(sample)
-    assert torch.equal(out["normal"][0], -sample["normal"][0].flip(-1))
-    assert torch.equal(out["normal"][1:], sample["normal"][1:].flip(-1))
+    torch.testing.assert_close(out["normal"][0], -sample["normal"][0].flip(-1))
+    torch.testing.assert_close(out["normal"][1:], sample["normal"][1:].flip(-1))
     assert torch.equal(out["seg"], sample["seg"].flip(-1))
     assert torch.equal(out["depth"], sample["depth"].flip(-1))
     assert torch.allclose(out["image"], normalize(sample["image"].flip(-1)))

@@ -48,7 +48,8 @@ def test_the_family_table_and_what_the_scripts_ask_of_it():
     with pytest.raises(ValueError, match="unknown network kind 'video'; known: pixel, image, series"):
         family("video")
     assert {name: p.script for name, p in protocols().items()} == {
-        "nyuv2": "train_pixel.py", "adience": "train_image.py", "series": "train_series.py"}
+        "nyuv2": "train_pixel.py", "cityscapes": "train_pixel.py", "adience": "train_image.py",
+        "series": "train_series.py"}
     assert set(hub_entries()) == {"afanet_pixel", "afanet_image", "afanet_series"}
     g = torch.Generator().manual_seed(0)
     for fam, config in ((PixelFamily, {"kind": "pixel", "input_size": 16, "tasks": {"seg": 5, "depth": 1}}),

@@ -312,7 +312,7 @@ def test_series_network_exports_and_loads_through_torch_hub(tmp_path):
 
 
 def test_scores_brought_back_strip_by_strip_equal_the_full_interpolation():
-    from families.pixel import argmax_at_size, resize_scores
+    from families.pixel_tasks import argmax_at_size, resize_scores
 
     torch.manual_seed(0)
     scores = torch.randn(5, 13, 17)
@@ -327,7 +327,8 @@ def test_a_large_photo_is_predicted_at_the_training_frames_scale(tmp_path, capsy
     """The checkpoint records 40 x 50 training frames: a 120 x 150 photo is resized to them, predicted
     through the same windows as eval.py, and its outputs come back at its own size."""
     from data import normalize, sliding_window_predict
-    from families.pixel import resize_scores, resize_shorter_side
+    from families.pixel import resize_shorter_side
+    from families.pixel_tasks import resize_scores
 
     torch.manual_seed(0)
     model = build_model("pixel", "afa", input_size=32, depths=[1, 1, 1, 3]).eval()

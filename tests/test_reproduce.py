@@ -252,18 +252,17 @@ def test_toy_protocol_runs_once_and_reports(tmp_path):
 
 
 def test_per_class_iou_comes_from_the_confusion_matrix_behind_miou():
-    """eval.py --per-class writes PixelMeter.class_iou(): per class tp / (gt + pred - tp), NaN (null in
+    """eval.py --per-class writes SegMeter.class_iou(): per class tp / (gt + pred - tp), NaN (null in
     the file) where the class is absent from truth and prediction; seg/miou is the mean of the rest."""
     import torch
 
     import eval as eval_script
-    from engine.metrics import PixelMeter
+    from engine.metrics import SegMeter
 
-    meter = PixelMeter(4)
+    meter = SegMeter(4)
     truth = torch.tensor([[0, 0, 1, 1, 255, 2]])
     pred = torch.tensor([[0, 1, 1, 1, 3, 0]])
-    depth = torch.ones(1, 6)
-    meter.update(pred, truth, depth, depth)
+    meter.update(pred, truth)
     iou = meter.class_iou()
     assert iou[:3] == pytest.approx([1 / 3, 2 / 3, 0.0]) and math.isnan(iou[3])
     assert meter.compute()["seg/miou"] == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)

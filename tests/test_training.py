@@ -23,7 +23,7 @@ import train_image
 import train_pixel
 from engine import train as trainer
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from engine.metrics import ImageMeter, PixelMeter, multitask_delta
+from engine.metrics import DepthMeter, ImageMeter, SegMeter, multitask_delta
 
 REPO = Path(__file__).resolve().parents[1]
 PIXEL_KEYS = ["seg/miou", "seg/pixel_acc", "seg/mean_class_acc", "seg/fwiou", "depth/abs_err", "depth/rel_err",
@@ -299,13 +299,14 @@ def test_curve_panels_group_metrics_by_direction():
 
 
 def test_pixel_meter_against_hand_computed_values():
-    meter = PixelMeter(3)
+    seg, depth = SegMeter(3), DepthMeter()
     seg_true = torch.tensor([[0, 0, 1, 1, 2, 255]])
     seg_pred = torch.tensor([[0, 1, 1, 1, 0, 2]])
     depth_true = torch.tensor([[1.0, 2.0, 4.0, 0.0, 1.0, 1.0]])
     depth_pred = torch.tensor([[1.0, 1.0, 5.0, 3.0, -1.0, 1.1]])
-    meter.update(seg_pred, seg_true, depth_pred, depth_true)
-    m = meter.compute()
+    seg.update(seg_pred, seg_true)
+    depth.update(depth_pred, depth_true)
+    m = {**seg.compute(), **depth.compute()}
     # confusion (rows true): [[1,1,0],[0,2,0],[1,0,0]]: IoU 1/3, 2/3, 0 (class 2 has union 1)
     assert m["seg/miou"] == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
     assert m["seg/pixel_acc"] == pytest.approx(3 / 5)
