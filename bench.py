@@ -66,45 +66,103 @@ PRECISIONS = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}  # --amp value -> 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kinds", nargs="+", choices=list(FAMILIES), default=list(ARCHITECTURES),
-                   help="families whose networks to time (default: the two-branch ones, image and pixel)")
-    p.add_argument("--fusions", nargs="+", choices=FUSIONS + SERIES_FUSIONS, default=list(FUSIONS),
-                   help="methods to time (docs/networks.md); each family times those it has")
-    p.add_argument("--grad-mode", default="protect", choices=("protect", "joint", "adaptive"),
-                   help="AFA gradient mode of our fused networks (the original's default is protect)")
-    p.add_argument("--batch-size", nargs="+", type=int, default=None,
-                   help="batch size, one value for all kinds or one per --kinds entry (default: the family's recipe)")
-    p.add_argument("--input-size", nargs="+", type=int, default=None,
-                   help="square input side, one value or one per --kinds entry (default: the recipe's crop size)")
-    p.add_argument("--depths", type=int, nargs=4, default=None, metavar="N",
-                   help="bottlenecks per ResNet stage (default ResNet-50; fewer for quick checks)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=list(FAMILIES),
+        default=list(ARCHITECTURES),
+        help="families whose networks to time (default: the two-branch ones, image and pixel)",
+    )
+    p.add_argument(
+        "--fusions",
+        nargs="+",
+        choices=FUSIONS + SERIES_FUSIONS,
+        default=list(FUSIONS),
+        help="methods to time (docs/networks.md); each family times those it has",
+    )
+    p.add_argument(
+        "--grad-mode",
+        default="protect",
+        choices=("protect", "joint", "adaptive"),
+        help="AFA gradient mode of our fused networks (the original's default is protect)",
+    )
+    p.add_argument(
+        "--batch-size",
+        nargs="+",
+        type=int,
+        default=None,
+        help="batch size, one value for all kinds or one per --kinds entry (default: the family's recipe)",
+    )
+    p.add_argument(
+        "--input-size",
+        nargs="+",
+        type=int,
+        default=None,
+        help="square input side, one value or one per --kinds entry (default: the recipe's crop size)",
+    )
+    p.add_argument(
+        "--depths",
+        type=int,
+        nargs=4,
+        default=None,
+        metavar="N",
+        help="bottlenecks per ResNet stage (default ResNet-50; fewer for quick checks)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--amp", nargs="+", choices=tuple(PRECISIONS), default=["none"],
-                   help="precision(s): none = fp32, bf16 = bf16 autocast, fp16 = fp16 autocast + GradScaler")
+    p.add_argument(
+        "--amp",
+        nargs="+",
+        choices=tuple(PRECISIONS),
+        default=["none"],
+        help="precision(s): none = fp32, bf16 = bf16 autocast, fp16 = fp16 autocast + GradScaler",
+    )
     p.add_argument("--channels-last", action="store_true", help="channels_last model and input")
-    p.add_argument("--modes", nargs="+", default=None, metavar="MODE",
-                   help="exact precision/layout combinations instead of --amp x --channels-last, e.g. "
-                        "'fp32 bf16+cl' (precision fp32|bf16|fp16, '+cl' = channels_last)")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=None,
+        metavar="MODE",
+        help="exact precision/layout combinations instead of --amp x --channels-last, e.g. "
+        "'fp32 bf16+cl' (precision fp32|bf16|fp16, '+cl' = channels_last)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the network (compile time is not timed)")
     p.add_argument("--tf32", action="store_true", help="CUDA: allow TF32 in fp32 matmuls and convolutions")
-    p.add_argument("--flush-denormal", action="store_true",
-                   help="CPU: flush subnormal floats to zero (FTZ/DAZ). The AFA softmax weights saturate and "
-                        "make subnormal features, which x86 handles slowly in fp32 (bf16 kernels flush anyway)")
+    p.add_argument(
+        "--flush-denormal",
+        action="store_true",
+        help="CPU: flush subnormal floats to zero (FTZ/DAZ). The AFA softmax weights saturate and "
+        "make subnormal features, which x86 handles slowly in fp32 (bf16 kernels flush anyway)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration and round")
     p.add_argument("--steps", type=int, default=5, help="timed steps per configuration and round")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="repeat the whole sequence of configurations; times are pooled (helps with a busy machine)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the whole sequence of configurations; times are pooled (helps with a busy machine)",
+    )
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count and the matmul peak")
-    p.add_argument("--reference", default=None, metavar="DIR",
-                   help="checkout of the original AFANet code: also time its fp32 eager step and report ratios")
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="DIR",
+        help="checkout of the original AFANet code: also time its fp32 eager step and report ratios",
+    )
     p.add_argument("--no-steps", action="store_true", help="skip the training-step benchmark")
     p.add_argument("--pipeline", action="store_true", help="also time the input pipeline alone")
-    p.add_argument("--data-root", nargs="+", default=None,
-                   help="--pipeline: dataset folders, one per --kinds entry (default: each family's synthetic set, "
-                        "written to a temporary folder)")
+    p.add_argument(
+        "--data-root",
+        nargs="+",
+        default=None,
+        help="--pipeline: dataset folders, one per --kinds entry (default: each family's synthetic set, "
+        "written to a temporary folder)",
+    )
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for --pipeline")
     p.add_argument("--pipeline-batches", type=int, default=40, help="timed batches per dataset for --pipeline")
     p.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON to FILE")
@@ -113,6 +171,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 # -- one training step -----------------------------------------------------------------------
+
 
 @dataclass
 class StepConfig:
@@ -139,8 +198,9 @@ def recipe(kind: str, **changes: Any) -> Settings:
     return Settings(**{**vars(family(kind).get_args_parser().parse_args([])), **changes})
 
 
-def random_batch(model_config: dict[str, Any], batch: int, device: torch.device, channels_last: bool,
-                 seed: int = 0) -> dict[str, Tensor]:
+def random_batch(
+    model_config: dict[str, Any], batch: int, device: torch.device, channels_last: bool, seed: int = 0
+) -> dict[str, Tensor]:
     """The family's random training batch for the network (families/: inputs and valid targets)."""
     out = family(model_config["kind"]).random_batch(model_config, batch, torch.Generator().manual_seed(seed))
     out = {k: v.to(device) for k, v in out.items()}
@@ -174,20 +234,33 @@ class _DictOutputs(nn.Module):
         return dict(zip(self.names, self.model(x)))
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, kind: str, amp: str, device: torch.device,
-               outputs: tuple[str, ...] | None = None) -> TrainStep:
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    kind: str,
+    amp: str,
+    device: torch.device,
+    outputs: tuple[str, ...] | None = None,
+) -> TrainStep:
     """The training loop's own step on the network, with the family's losses (its recipe's settings)
     summed with equal weights. ``outputs`` names the entries of a tuple-returning network (the
     original code) so that the same step applies to it."""
     net = _DictOutputs(model, outputs) if outputs is not None else model
     tasks = list(outputs) if outputs is not None else list(model.tasks)
     weighting = build_weighting("equal", tasks).to(device)
-    return TrainStep(net, family(kind)(recipe(kind)), optimizer, weighting, scaler=grad_scaler(amp, device), amp=amp,
-                     device=device)
+    return TrainStep(
+        net, family(kind)(recipe(kind)), optimizer, weighting, scaler=grad_scaler(amp, device), amp=amp, device=device
+    )
 
 
-def time_steps(step: Callable[[dict[str, Tensor]], None], batch: dict[str, Tensor], warmup: int, steps: int,
-               device: torch.device, cpu_share: list[float] | None = None) -> list[float]:
+def time_steps(
+    step: Callable[[dict[str, Tensor]], None],
+    batch: dict[str, Tensor],
+    warmup: int,
+    steps: int,
+    device: torch.device,
+    cpu_share: list[float] | None = None,
+) -> list[float]:
     """Seconds per step for ``steps`` steps after ``warmup``; CUDA steps are timed with events
     (one synchronisation at the end, none between steps). On CPU, ``cpu_share`` receives each
     step's CPU time / (wall time x threads): well below 1 means other processes took the cores."""
@@ -237,7 +310,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 10) -> 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -247,6 +320,7 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 # -- the original code (optional) -------------------------------------------------------------
+
 
 def import_original(path: str | Path) -> Path:
     """The checkout of the original code, checked to hold its latest networks (SystemExit otherwise)."""
@@ -280,6 +354,7 @@ def original_param_groups(model: nn.Module) -> list[dict[str, Any]]:
 
 # -- running the configurations ----------------------------------------------------------------
 
+
 @dataclass
 class StepResult:
     config: dict[str, Any]
@@ -306,8 +381,14 @@ class StepResult:
             self.peak_fraction = self.achieved_flops_per_s / peak if peak else None
 
 
-def run_config(cfg: StepConfig, device: torch.device, args: argparse.Namespace, mods: Path | None,
-               flops_cache: dict[tuple, int], cpu_share: list[float]) -> tuple[list[float], int | None, int]:
+def run_config(
+    cfg: StepConfig,
+    device: torch.device,
+    args: argparse.Namespace,
+    mods: Path | None,
+    flops_cache: dict[tuple, int],
+    cpu_share: list[float],
+) -> tuple[list[float], int | None, int]:
     """Build, warm up and time one configuration; returns (step times, FLOPs, peak memory)."""
     if cfg.impl == "ours":
         model, groups = build_ours(cfg, device)
@@ -317,8 +398,12 @@ def run_config(cfg: StepConfig, device: torch.device, args: argparse.Namespace, 
         groups, outputs = original_param_groups(model), tuple(ARCHITECTURES[cfg.kind].tasks)
     model.train()
     optimizer = torch.optim.SGD(groups, lr=0.01, momentum=0.9, **optimizer_kwargs(device))
-    config = (model.config.to_dict() if outputs is None else  # the original: our default config of its kind
-              {"kind": cfg.kind, "input_size": cfg.size, "tasks": dict(ARCHITECTURES[cfg.kind].tasks)})
+    config = (
+        model.config.to_dict()
+        if outputs is None
+        # the original: our default config of its kind
+        else {"kind": cfg.kind, "input_size": cfg.size, "tasks": dict(ARCHITECTURES[cfg.kind].tasks)}
+    )
     batch = random_batch(config, cfg.batch, device, cfg.channels_last, args.seed)
     flops = None
     key = (cfg.impl, cfg.kind, cfg.fusion, cfg.batch, cfg.size)
@@ -330,8 +415,14 @@ def run_config(cfg: StepConfig, device: torch.device, args: argparse.Namespace, 
     step = train_step(net, optimizer, cfg.kind, cfg.amp, device, outputs)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = time_steps(step, batch, max(args.warmup, 2 if cfg.compile else 0), args.steps, device,
-                       cpu_share if device.type == "cpu" else None)
+    times = time_steps(
+        step,
+        batch,
+        max(args.warmup, 2 if cfg.compile else 0),
+        args.steps,
+        device,
+        cpu_share if device.type == "cpu" else None,
+    )
     memory = peak_memory_bytes(device)
     del model, net, optimizer, step, batch
     if device.type == "cuda":
@@ -345,22 +436,37 @@ def step_configs(args: argparse.Namespace, mods: Path | None) -> tuple[list[Step
         batch, size = batch_and_size(args, i, kind)
         fusions = [f for f in args.fusions if f in family(kind).fusions]
         if len(fusions) < len(args.fusions):
-            notes.append(f"{kind}: {', '.join(f for f in args.fusions if f not in fusions)} not timed (its methods: "
-                         f"{', '.join(family(kind).fusions)})")
+            notes.append(
+                f"{kind}: {', '.join(f for f in args.fusions if f not in fusions)} not timed (its methods: "
+                f"{', '.join(family(kind).fusions)})"
+            )
         for fusion in fusions:
             if mods is not None and (kind, fusion) in original.NETWORK_FILES:
                 configs.append(StepConfig(kind, fusion, batch, size, impl="original"))
             for amp, channels_last in modes(args):
-                configs.append(StepConfig(kind, fusion, batch, size, amp, channels_last, args.compile,
-                                          grad_mode=args.grad_mode, depths=args.depths))
+                configs.append(
+                    StepConfig(
+                        kind,
+                        fusion,
+                        batch,
+                        size,
+                        amp,
+                        channels_last,
+                        args.compile,
+                        grad_mode=args.grad_mode,
+                        depths=args.depths,
+                    )
+                )
     return configs, notes
 
 
 def batch_and_size(args: argparse.Namespace, i: int, kind: str) -> tuple[int, int]:
     """The --kinds entry i's batch size and input side: given, or the family's recipe."""
     settings = recipe(kind)
-    return (_per_kind(args.batch_size, i, settings.batch_size, "--batch-size", args.kinds),
-            _per_kind(args.input_size, i, settings.crop_size, "--input-size", args.kinds))
+    return (
+        _per_kind(args.batch_size, i, settings.batch_size, "--batch-size", args.kinds),
+        _per_kind(args.input_size, i, settings.crop_size, "--input-size", args.kinds),
+    )
 
 
 def modes(args: argparse.Namespace) -> list[tuple[str, bool]]:
@@ -404,8 +510,9 @@ def ratios(results: list[StepResult]) -> list[dict[str, Any]]:
     return out
 
 
-def run_steps(args: argparse.Namespace, device: torch.device) -> tuple[list[StepResult], dict[str, float],
-                                                                      list[dict[str, Any]], list[str]]:
+def run_steps(
+    args: argparse.Namespace, device: torch.device
+) -> tuple[list[StepResult], dict[str, float], list[dict[str, Any]], list[str]]:
     mods = import_original(args.reference) if args.reference else None
     configs, notes = step_configs(args, mods)
     peaks: dict[str, float] = {}
@@ -418,8 +525,9 @@ def run_steps(args: argparse.Namespace, device: torch.device) -> tuple[list[Step
         for cfg, res in zip(configs, results):
             if res.error is not None:
                 continue
-            print(f"[round {rnd + 1}/{args.rounds}] {cfg.label} b{cfg.batch} @{cfg.size} ...", file=sys.stderr,
-                  flush=True)
+            print(
+                f"[round {rnd + 1}/{args.rounds}] {cfg.label} b{cfg.batch} @{cfg.size} ...", file=sys.stderr, flush=True
+            )
             try:
                 times, res.flops, mem = run_config(cfg, device, args, mods, flops_cache, res.cpu_share)
             except (RuntimeError, ValueError) as e:  # e.g. out of memory, an unsupported dtype on this device
@@ -439,17 +547,27 @@ def run_steps(args: argparse.Namespace, device: torch.device) -> tuple[list[Step
 
 # -- input pipeline -----------------------------------------------------------------------------
 
-def time_loader(dataset: torch.utils.data.Dataset, batch: int, workers: int, batches: int,
-                device: torch.device) -> dict[str, Any]:
+
+def time_loader(
+    dataset: torch.utils.data.Dataset, batch: int, workers: int, batches: int, device: torch.device
+) -> dict[str, Any]:
     """Samples per second through a DataLoader like the trainer's (persistent workers, pinned
     memory and non-blocking copies on CUDA); the first batches (worker start-up) are not timed."""
     from torch.utils.data import DataLoader, RandomSampler
 
     warm = max(2, 2 * workers)
-    sampler = RandomSampler(dataset, replacement=True, num_samples=(warm + batches) * batch,
-                            generator=torch.Generator().manual_seed(0))
-    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    sampler = RandomSampler(
+        dataset, replacement=True, num_samples=(warm + batches) * batch, generator=torch.Generator().manual_seed(0)
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
     it = iter(loader)
     for _ in range(warm):
         next(it)
@@ -479,8 +597,10 @@ def run_pipeline(args: argparse.Namespace, device: torch.device) -> list[dict[st
                 print(f"pipeline {kind}: writing the family's synthetic set in {tmp} ...", file=sys.stderr, flush=True)
                 root = family(kind).write_synthetic(Path(tmp) / kind)
             data = family(kind)(recipe(kind, data_root=str(root), crop_size=size)).datasets()
-            source = (f"{'synthetic ' if not args.data_root else ''}{type(data.train).__name__} training split "
-                      f"({len(data.train)} samples), {type(data.train_transform).__name__}({size})")
+            source = (
+                f"{'synthetic ' if not args.data_root else ''}{type(data.train).__name__} training split "
+                f"({len(data.train)} samples), {type(data.train_transform).__name__}({size})"
+            )
             print(f"pipeline {kind}: {source}, {args.workers} workers ...", file=sys.stderr, flush=True)
             ds = SeededDataset(data.train, data.train_transform, args.seed)
             r = time_loader(ds, batch, args.workers, args.pipeline_batches, device)
@@ -490,6 +610,7 @@ def run_pipeline(args: argparse.Namespace, device: torch.device) -> list[dict[st
 
 # -- report ------------------------------------------------------------------------------------
 
+
 def machine_info(device: torch.device) -> dict[str, Any]:
     cpu = platform.processor()
     with contextlib.suppress(OSError):
@@ -497,9 +618,14 @@ def machine_info(device: torch.device) -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    info = {"cpu": cpu, "logical_cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device)}
+    info = {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -509,12 +635,19 @@ def _fmt(x: float | None, spec: str, scale: float = 1.0) -> str:
     return "-" if x is None else format(x / scale, spec)
 
 
-def table(results: list[StepResult], peaks: dict[str, float], rat: list[dict[str, Any]],
-          pipeline: list[dict[str, Any]], notes: list[str]) -> str:
+def table(
+    results: list[StepResult],
+    peaks: dict[str, float],
+    rat: list[dict[str, Any]],
+    pipeline: list[dict[str, Any]],
+    notes: list[str],
+) -> str:
     lines = []
     if results:
-        head = (f"{'configuration':<36} {'batch':>5} {'size':>4} {'min s':>7} {'median s':>8} {'img/s':>7} "
-                f"{'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>6} {'peak mem':>9} {'cpu':>4}")
+        head = (
+            f"{'configuration':<36} {'batch':>5} {'size':>4} {'min s':>7} {'median s':>8} {'img/s':>7} "
+            f"{'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>6} {'peak mem':>9} {'cpu':>4}"
+        )
         lines += [head, "-" * len(head)]
         for r in results:
             c = r.config
@@ -525,22 +658,31 @@ def table(results: list[StepResult], peaks: dict[str, float], rat: list[dict[str
                 f"{r.label:<36} {c['batch']:>5} {c['size']:>4} {r.min_s:>7.3f} {r.median_s:>8.3f} "
                 f"{r.images_per_s:>7.2f} {_fmt(r.flops, '7.1f', 1e9)} {_fmt(r.achieved_flops_per_s, '8.1f', 1e9)} "
                 f"{_fmt(r.peak_fraction and 100 * r.peak_fraction, '6.1f')} "
-                f"{_fmt(r.peak_memory_bytes, '7.2f', 2 ** 30)}GiB {_fmt(r.best_step_cpu_share, '4.2f')}")
+                f"{_fmt(r.peak_memory_bytes, '7.2f', 2**30)}GiB {_fmt(r.best_step_cpu_share, '4.2f')}"
+            )
         if peaks:
-            lines.append("matmul peak: " + ", ".join(f"{'fp32' if k == 'none' else k} {v / 1e9:.1f} GFLOP/s"
-                                                   for k, v in peaks.items()))
+            lines.append(
+                "matmul peak: "
+                + ", ".join(f"{'fp32' if k == 'none' else k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items())
+            )
     for q in rat:
         v = q.get("speedup")
         lines.append(f"  {q['what']}: " + (f"{v:.2f}x faster" if v is not None else f"{q['afa_over_none']:.3f}"))
     for p in pipeline:
-        lines.append(f"pipeline {p['kind']}: {p['samples_per_s']:.1f} samples/s ({p['workers']} workers, batch "
-                     f"{p['batch']}) from {p['source']}")
+        lines.append(
+            f"pipeline {p['kind']}: {p['samples_per_s']:.1f} samples/s ({p['workers']} workers, batch "
+            f"{p['batch']}) from {p['source']}"
+        )
         if "headroom" in p:
-            lines.append(f"  = {p['headroom']:.1f}x what the fastest timed {p['kind']} step consumes "
-                         f"({p['consumed_per_s']:.2f} samples/s)")
+            lines.append(
+                f"  = {p['headroom']:.1f}x what the fastest timed {p['kind']} step consumes "
+                f"({p['consumed_per_s']:.2f} samples/s)"
+            )
     if any(r.best_step_cpu_share is not None and r.best_step_cpu_share < 0.8 for r in results):
-        lines.append("note: cpu = CPU share of the fastest step (1 = all threads busy); below 0.8 other processes "
-                     "were using the cores: rerun with more --rounds on a quieter machine")
+        lines.append(
+            "note: cpu = CPU share of the fastest step (1 = all threads busy); below 0.8 other processes "
+            "were using the cores: rerun with more --rounds on a quieter machine"
+        )
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
 
@@ -567,8 +709,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             best = min(fastest, key=lambda r: r.min_s)
             p["consumed_per_s"] = best.config["batch"] / best.min_s
             p["headroom"] = p["samples_per_s"] / p["consumed_per_s"]
-    report = {"machine": machine_info(device), "args": vars(args), "matmul_peak_flops_per_s": peaks,
-              "steps": [asdict(r) for r in results], "ratios": rat, "pipeline": pipeline, "notes": notes}
+    report = {
+        "machine": machine_info(device),
+        "args": vars(args),
+        "matmul_peak_flops_per_s": peaks,
+        "steps": [asdict(r) for r in results],
+        "ratios": rat,
+        "pipeline": pipeline,
+        "notes": notes,
+    }
     print(table(results, peaks, rat, pipeline, notes))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

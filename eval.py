@@ -38,26 +38,52 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by a training script (*_best.pth)")
     p.add_argument("--data-root", required=True, help="the dataset folder, as for training (docs/data.md)")
     p.add_argument("--json", default=None, help="write the metrics to this JSON file")
-    p.add_argument("--save-predictions", default=None, metavar="DIR",
-                   help="pixel: <index>.npz per frame (seg, depth); image: predictions.csv; series: predictions.csv "
-                        "(series,i,j,p,prob_i)")
+    p.add_argument(
+        "--save-predictions",
+        default=None,
+        metavar="DIR",
+        help="pixel: <index>.npz per frame (seg, depth); image: predictions.csv; series: predictions.csv "
+        "(series,i,j,p,prob_i)",
+    )
     p.add_argument("--limit-batches", type=int, default=None, help="evaluate at most N batches (smoke runs)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument("--amp", choices=AMP_CHOICES, default="none")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="default: " + ", ".join(f"{k} {f.eval_batch_size}" for k, f in FAMILIES.items()))
-    p.add_argument("--baseline", default=None, metavar="SINGLE.json",
-                   help="single-task result JSON: adds the multi-task performance delta (docs/evaluation.md)")
-    p.add_argument("--plot", default=None, metavar="DIR",
-                   help="write PNG plots: training curves, and the family's (pixel: a qualitative grid; image: the "
-                        "age confusion matrix)")
-    p.add_argument("--test-fold", type=int, default=None, choices=range(5), metavar="{0..4}",
-                   help="image (Adience): test fold (default: the checkpoint's)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="default: " + ", ".join(f"{k} {f.eval_batch_size}" for k, f in FAMILIES.items()),
+    )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        metavar="SINGLE.json",
+        help="single-task result JSON: adds the multi-task performance delta (docs/evaluation.md)",
+    )
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="DIR",
+        help="write PNG plots: training curves, and the family's (pixel: a qualitative grid; image: the "
+        "age confusion matrix)",
+    )
+    p.add_argument(
+        "--test-fold",
+        type=int,
+        default=None,
+        choices=range(5),
+        metavar="{0..4}",
+        help="image (Adience): test fold (default: the checkpoint's)",
+    )
     p.add_argument("--image-dir", default=None, help="image (Adience): image folder (default: the checkpoint's)")
-    p.add_argument("--per-class", default=None, metavar="FILE",
-                   help="pixel: write the IoU of every class as JSON {class name: IoU} (same confusion matrix as "
-                        "seg/miou; null for classes absent from both truth and prediction)")
+    p.add_argument(
+        "--per-class",
+        default=None,
+        metavar="FILE",
+        help="pixel: write the IoU of every class as JSON {class name: IoU} (same confusion matrix as "
+        "seg/miou; null for classes absent from both truth and prediction)",
+    )
     return p
 
 
@@ -80,15 +106,17 @@ def main(args: argparse.Namespace) -> int:
             fam_cls = family(kind)
         except ValueError as e:
             raise CheckpointError(f"checkpoint {args.checkpoint}: {e}") from None
-        unused = [flag for dest, flag in FAMILY_OPTIONS.items()
-                  if getattr(args, dest) is not None and dest not in fam_cls.eval_options]
+        unused = [
+            flag
+            for dest, flag in FAMILY_OPTIONS.items()
+            if getattr(args, dest) is not None and dest not in fam_cls.eval_options
+        ]
         if unused:
             raise DataError(f"{', '.join(unused)}: not for {kind} checkpoints ({args.checkpoint})")
         model = model_from_config(ck["model_config"])
         model.load_state_dict(ck["model"])
         model.to(device).eval()
-        fam = fam_cls.from_checkpoint(ck, data_root=args.data_root, test_fold=args.test_fold,
-                                      image_dir=args.image_dir)
+        fam = fam_cls.from_checkpoint(ck, data_root=args.data_root, test_fold=args.test_fold, image_dir=args.image_dir)
         metrics = fam.test(model_fn(model, device, args.amp), ck["model_config"], args, device)
         if args.baseline:
             with open(args.baseline) as f:

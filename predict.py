@@ -37,18 +37,27 @@ FAMILY_OPTIONS = {"overlay": "--overlay", "native_scale": "--native-scale"}
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Run a trained network on your own images", add_help=add_help)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
-    p.add_argument("--checkpoint", required=True,
-                   help="a training checkpoint (*_best.pth), or a folder / URL from python -m tools.export")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a training checkpoint (*_best.pth), or a folder / URL from python -m tools.export",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument("--amp", choices=AMP_CHOICES, default="none")
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="image and series networks: images (pairs) per forward pass (pixel networks run one window "
-                        "at a time)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="image and series networks: images (pairs) per forward pass (pixel networks run one window at a time)",
+    )
     p.add_argument("--overlay", action="store_true", help="pixel: also write <name>_overlay.png")
-    p.add_argument("--native-scale", action="store_true",
-                   help="pixel: predict at the photo's own resolution instead of the training frames' scale (slow "
-                        "and memory-hungry for large photos: a score per class and pixel)")
+    p.add_argument(
+        "--native-scale",
+        action="store_true",
+        help="pixel: predict at the photo's own resolution instead of the training frames' scale (slow "
+        "and memory-hungry for large photos: a score per class and pixel)",
+    )
     return p
 
 
@@ -82,15 +91,17 @@ def main(args: argparse.Namespace) -> int:
         model, info = load_model(args.checkpoint)
         kind = info["model_config"]["kind"]
         fam = family(kind)
-        unused = [flag for dest, flag in FAMILY_OPTIONS.items() if getattr(args, dest) and dest not in
-                  fam.predict_options]
+        unused = [
+            flag for dest, flag in FAMILY_OPTIONS.items() if getattr(args, dest) and dest not in fam.predict_options
+        ]
         if unused:
             raise DataError(f"{', '.join(unused)}: not for {kind} networks ({args.checkpoint})")
         model.to(device)
         files = find_inputs(args.inputs)
         if not files:
-            raise DataError(f"no image files in {' '.join(args.inputs)} (suffixes read from folders: "
-                            f"{' '.join(IMAGE_SUFFIXES)})")
+            raise DataError(
+                f"no image files in {' '.join(args.inputs)} (suffixes read from folders: {' '.join(IMAGE_SUFFIXES)})"
+            )
         Path(args.out).mkdir(parents=True, exist_ok=True)
         reader = Reader(files)
         fam.predict(model_fn(model, device, args.amp), info, reader, args, device)

@@ -51,9 +51,11 @@ REPO = Path(__file__).resolve().parent
 DELTA = "delta_m"  # the report's name for multitask_delta's 'delta/mean' (the flat mean over metrics)
 DELTA_TASK = "delta_m_task"  # ... and for 'delta/mean_task' (the mean over tasks of each task's mean)
 DELTAS = {DELTA: "delta/mean", DELTA_TASK: "delta/mean_task"}
-DELTA_NOTE = ("delta_m: the mean over the metrics (Maninis et al. 2019; the flat mean of the Nash-MTL, CAGrad and "
-              "FAMO tables); delta_m_task: the mean over tasks of each task's mean (LibMTL); both in %, positive = "
-              "better than the single-task run")
+DELTA_NOTE = (
+    "delta_m: the mean over the metrics (Maninis et al. 2019; the flat mean of the Nash-MTL, CAGrad and "
+    "FAMO tables); delta_m_task: the mean over tasks of each task's mean (LibMTL); both in %, positive = "
+    "better than the single-task run"
+)
 RUN_DIR = re.compile(r"^(?:fold(?P<fold>\d+)_)?seed(?P<seed>\d+)$")
 # eval.py flags that mean the same thing in training: passed on from the extra training flags.
 EVAL_PASSTHROUGH = ("--device", "--workers", "--amp")
@@ -115,8 +117,14 @@ def run_status(run: Run) -> str:
     return "interrupted" if run.last.is_file() else "fresh"
 
 
-def plan(family: Protocol, out: Path, methods: list[str], folds: list[int | None], seeds: list[int],
-         tasks: tuple[str, ...] = ()) -> list[Run]:
+def plan(
+    family: Protocol,
+    out: Path,
+    methods: list[str],
+    folds: list[int | None],
+    seeds: list[int],
+    tasks: tuple[str, ...] = (),
+) -> list[Run]:
     """Every run in dependency order: all stage-1 runs (single-task, and methods trained from
     ImageNet), then all stage-2 runs. A stage-2 method brings its stage-1 run along."""
     if family.single is not None and any(family.stage2(m) for m in methods) and family.single not in methods:
@@ -139,12 +147,26 @@ def plan(family: Protocol, out: Path, methods: list[str], folds: list[int | None
 def train_command(run: Run, data_root: Path, extra: list[str], torchrun: int = 0) -> list[str]:
     f = run.family
     launcher = ["torchrun", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun else [sys.executable]
-    cmd = [*launcher, str(REPO / f.script), "--data-root", str(data_root), f.method_flag, run.method,
-           "--seed", str(run.seed)]
+    cmd = [
+        *launcher,
+        str(REPO / f.script),
+        "--data-root",
+        str(data_root),
+        f.method_flag,
+        run.method,
+        "--seed",
+        str(run.seed),
+    ]
     if run.fold is not None:
         cmd += [f.fold_flag, str(run.fold)]
-    cmd += [*f.script_args, *([f.task_flag, *run.tasks] if run.tasks else []), "--out", str(run.last), "--logdir",
-            str(run.dir)]
+    cmd += [
+        *f.script_args,
+        *([f.task_flag, *run.tasks] if run.tasks else []),
+        "--out",
+        str(run.last),
+        "--logdir",
+        str(run.dir),
+    ]
     if run.init is not None:
         cmd += ["--init", str(run.init)]
     if run.status == "interrupted":
@@ -157,14 +179,22 @@ def train_command(run: Run, data_root: Path, extra: list[str], torchrun: int = 0
 
 
 def eval_command(run: Run, data_root: Path, extra: list[str]) -> list[str]:
-    cmd = [sys.executable, str(REPO / EVALUATOR), "--checkpoint", str(run.best), "--data-root",
-           str(data_root), "--json", str(run.eval_json)]
+    cmd = [
+        sys.executable,
+        str(REPO / EVALUATOR),
+        "--checkpoint",
+        str(run.best),
+        "--data-root",
+        str(data_root),
+        "--json",
+        str(run.eval_json),
+    ]
     if run.family.per_class:
         cmd += ["--per-class", str(run.dir / "per_class_iou.json")]
     for i, a in enumerate(extra):  # --flag value or --flag=value
         name = a.split("=", 1)[0]
         if name in EVAL_PASSTHROUGH:
-            cmd += [a] if "=" in a else extra[i:i + 2]
+            cmd += [a] if "=" in a else extra[i : i + 2]
     return cmd
 
 
@@ -188,7 +218,7 @@ def evaluate_here(cmd: list[str]) -> int:
     import eval as evaluation
 
     try:
-        return evaluation.main(evaluation.get_args_parser().parse_args(cmd[cmd.index(str(REPO / EVALUATOR)) + 1:]))
+        return evaluation.main(evaluation.get_args_parser().parse_args(cmd[cmd.index(str(REPO / EVALUATOR)) + 1 :]))
     except SystemExit as e:  # argparse
         return int(e.code or 0)
     except Exception:  # a crash in evaluation is reported like a failed command, the finished runs kept
@@ -244,10 +274,14 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     runs = plan(family, out, methods, folds, seeds, tasks)
     counts = {s: sum(r.status == s for r in runs) for s in ("finished", "interrupted", "fresh")}
     log = sys.stderr if args.dry_run else sys.stdout
-    print(f"plan: {len(runs)} runs of {family.name} ({', '.join(dict.fromkeys(r.method for r in runs))}; "
-          f"folds {'-' if folds == [None] else ','.join(map(str, folds))}; seeds {','.join(map(str, seeds))}) "
-          f"under {out / experiment(family, tasks)}: {counts['finished']} finished, {counts['interrupted']} interrupted "
-          f"(resumed), {counts['fresh']} to train", file=log, flush=True)
+    print(
+        f"plan: {len(runs)} runs of {family.name} ({', '.join(dict.fromkeys(r.method for r in runs))}; "
+        f"folds {'-' if folds == [None] else ','.join(map(str, folds))}; seeds {','.join(map(str, seeds))}) "
+        f"under {out / experiment(family, tasks)}: {counts['finished']} finished, {counts['interrupted']} interrupted "
+        f"(resumed), {counts['fresh']} to train",
+        file=log,
+        flush=True,
+    )
     for status in ("finished", "interrupted"):
         if counts[status]:
             print(f"  {status}: {', '.join(r.name for r in runs if r.status == status)}", file=log, flush=True)
@@ -267,18 +301,26 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
             code = execute(cmd) if what == "training" else evaluate_here(cmd)
             script = Path(cmd[cmd.index("--data-root") - 1]).name
             if code in (130, 143):  # SIGINT / SIGTERM: the training script saved a resumable checkpoint
-                print(f"stopped: run {run.name}: {what} ({script}) interrupted (exit code {code}); "
-                      "the same command resumes it", file=sys.stderr, flush=True)
+                print(
+                    f"stopped: run {run.name}: {what} ({script}) interrupted (exit code {code}); "
+                    "the same command resumes it",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return code
             if code != 0:
-                print(f"error: run {run.name}: {what} ({script}) failed with exit code {code}; "
-                      "finished runs are kept", file=sys.stderr, flush=True)
+                print(
+                    f"error: run {run.name}: {what} ({script}) failed with exit code {code}; finished runs are kept",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return code
         print(f"{head}: done in {time.time() - t0:.0f} s -> {run.eval_json}", flush=True)
     return 0
 
 
 # -- report ----------------------------------------------------------------------------------
+
 
 def load_json(path: Path) -> dict:
     try:
@@ -298,16 +340,22 @@ def collect(root: Path) -> tuple[str, list[dict]]:
             continue
         family, method = path.parts[-4], path.parts[-3]
         per_class = path.parent / "per_class_iou.json"
-        found.setdefault(family, []).append({
-            "method": method, "fold": None if m["fold"] is None else int(m["fold"]), "seed": int(m["seed"]),
-            "metrics": {k: v for k, v in load_json(path).items() if not k.startswith("delta/")},
-            "per_class": load_json(per_class) if per_class.is_file() else None,
-        })
+        found.setdefault(family, []).append(
+            {
+                "method": method,
+                "fold": None if m["fold"] is None else int(m["fold"]),
+                "seed": int(m["seed"]),
+                "metrics": {k: v for k, v in load_json(path).items() if not k.startswith("delta/")},
+                "per_class": load_json(per_class) if per_class.is_file() else None,
+            }
+        )
     if not found:
         raise ProtocolError(f"{root}: no finished run (OUT/<family>/<method>/[fold<F>_]seed<S>/eval.json)")
     if len(found) > 1:
-        raise ProtocolError(f"{root} holds several families ({', '.join(sorted(found))}): "
-                            f"report one of {', '.join(str(root / f) for f in sorted(found))}")
+        raise ProtocolError(
+            f"{root} holds several families ({', '.join(sorted(found))}): "
+            f"report one of {', '.join(str(root / f) for f in sorted(found))}"
+        )
     return next(iter(found.items()))
 
 
@@ -413,13 +461,22 @@ def render(rows: list[dict], columns: list[str], n_runs: dict[str, int] | None, 
         return f"{fmt(r['mean'], digits[c])} {pm} {fmt(r['std'], digits[c])}"
 
     if style == "md":
-        lines = [f"**{title}**", "", "| " + " | ".join(["method", *n_head, *columns]) + " |",
-                 "|" + "---|" * (1 + len(n_head) + len(columns))]
+        lines = [
+            f"**{title}**",
+            "",
+            "| " + " | ".join(["method", *n_head, *columns]) + " |",
+            "|" + "---|" * (1 + len(n_head) + len(columns)),
+        ]
         lines += ["| " + " | ".join([m, *n_cell(m), *(cell(m, c) for c in columns)]) + " |" for m in methods]
         return "\n".join(lines) + "\n"
     esc = lambda s: s.replace("_", r"\_").replace("%", r"\%")  # noqa: E731
-    lines = [f"% {title}", r"\begin{tabular}{l " + "r " * len(n_head) + "c " * len(columns) + "}", r"\hline",
-             " & ".join(["method", *n_head, *(esc(c) for c in columns)]) + r" \\", r"\hline"]
+    lines = [
+        f"% {title}",
+        r"\begin{tabular}{l " + "r " * len(n_head) + "c " * len(columns) + "}",
+        r"\hline",
+        " & ".join(["method", *n_head, *(esc(c) for c in columns)]) + r" \\",
+        r"\hline",
+    ]
     lines += [" & ".join([esc(m), *n_cell(m), *(cell(m, c) for c in columns)]) + r" \\" for m in methods]
     return "\n".join(lines + [r"\hline", r"\end{tabular}"]) + "\n"
 
@@ -458,25 +515,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     rows, metrics, notes = aggregate(family, runs)
     n_runs = runs_per_method(runs)
     deltas = [d for d in DELTAS if any(r["metric"] == d for r in rows)]
-    print(render(rows, metrics + deltas, n_runs, args.format, f"{family}: mean ± sample std over runs (n = runs)"),
-          end="")
+    print(
+        render(rows, metrics + deltas, n_runs, args.format, f"{family}: mean ± sample std over runs (n = runs)"), end=""
+    )
     if deltas:
         print(DELTA_NOTE)
     class_rows, names = per_class_rows(family, runs)
     if class_rows:
         # Classes as rows read better than 40 columns: transpose into class x method.
-        t_rows = [{"method": r["metric"], "metric": r["method"], "mean": r["mean"], "std": r["std"], "n": r["n"]}
-                  for r in class_rows]
+        t_rows = [
+            {"method": r["metric"], "metric": r["method"], "mean": r["mean"], "std": r["std"], "n": r["n"]}
+            for r in class_rows
+        ]
         t_cols = list(dict.fromkeys(r["method"] for r in class_rows))
         print()
-        print(render(t_rows, t_cols, None, args.format, f"{family}: per-class IoU, mean ± sample std over runs"),
-              end="")
+        print(
+            render(t_rows, t_cols, None, args.format, f"{family}: per-class IoU, mean ± sample std over runs"), end=""
+        )
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-                 for r in rows]
+        clean = [
+            {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows
+        ]
         Path(args.json).write_text(json.dumps({"rows": clean}, indent=2))
     if args.plot:
         plot_deltas(rows, Path(args.plot), family)
@@ -484,8 +546,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="The paper's protocol as one command (run) and its table (report)",
-                                epilog="Flags after a bare -- go to every training run unchanged.")
+    p = argparse.ArgumentParser(
+        description="The paper's protocol as one command (run) and its table (report)",
+        epilog="Flags after a bare -- go to every training run unchanged.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train and evaluate every run of the protocol (skips finished runs)")
     r.add_argument("family", choices=list(PROTOCOLS))
@@ -494,25 +558,37 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--methods", default=None, help="comma-separated (default: all of the family's methods)")
     r.add_argument("--seeds", default=None, help="e.g. 0,1,2 or 0-2 (default: nyuv2 0,1,2; adience 0)")
     r.add_argument("--folds", default=None, help="adience test folds, e.g. 0-4 (the default) or 0,3")
-    r.add_argument("--dry-run", action="store_true",
-                   help="print one shell line per pending run (training && evaluation), in dependency order")
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print one shell line per pending run (training && evaluation), in dependency order",
+    )
     r.add_argument("--torchrun", type=int, default=0, metavar="N", help="train each run on N GPUs with torchrun")
-    r.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
-                   help="nyuv2, cityscapes: the tasks in branch order (the training script's --tasks); the runs go to "
-                        "OUT/<protocol>-<task>-.../")
+    r.add_argument(
+        "--tasks",
+        nargs="+",
+        default=None,
+        metavar="TASK",
+        help="nyuv2, cityscapes: the tasks in branch order (the training script's --tasks); the runs go to "
+        "OUT/<protocol>-<task>-.../",
+    )
     q = sub.add_parser("report", help="table of methods x metrics over the runs under a folder")
     q.add_argument("dir", help="the --out folder of `run` (one protocol) or OUT/<protocol>[-<tasks>]")
     q.add_argument("--format", choices=("md", "csv", "tex"), default="md")
-    q.add_argument("--json", default=None, metavar="FILE",
-                   help='write {"rows": [{"method", "metric", "mean", "std", "n"}, ...]} (metric delta_m: deltas)')
+    q.add_argument(
+        "--json",
+        default=None,
+        metavar="FILE",
+        help='write {"rows": [{"method", "metric", "mean", "std", "n"}, ...]} (metric delta_m: deltas)',
+    )
     q.add_argument("--plot", default=None, metavar="PNG", help="bar plot of delta_m per method with std error bars")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     args = get_args_parser().parse_args(argv)
     try:
         if args.command == "run":

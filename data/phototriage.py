@@ -91,8 +91,10 @@ def read_pairlist(path: str | Path) -> list[Pair]:
             if not 0.0 <= p <= 1.0:
                 raise DataError(f"{where}: p = {fields[3]} is not a fraction in [0, 1]")
             if series < 0 or i < 1 or j < 1 or i == j or min(rank_i, rank_j) < 1:
-                raise DataError(f"{where}: series {series}, photos {i} and {j}, ranks {rank_i} and {rank_j}: "
-                                "expected two different photo indices >= 1 and ranks >= 1")
+                raise DataError(
+                    f"{where}: series {series}, photos {i} and {j}, ranks {rank_i} and {rank_j}: "
+                    "expected two different photo indices >= 1 and ranks >= 1"
+                )
             pairs.append(Pair(series, i, j, p, rank_i, rank_j))
     return pairs
 
@@ -109,8 +111,12 @@ class Phototriage(Dataset):
     ``image_dir``, ``targets`` (per pair).
     """
 
-    def __init__(self, root: str | Path, split: str = "train",
-                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         if split not in SPLITS:
             raise ValueError(f"Phototriage split must be one of {tuple(SPLITS)}, got {split!r}")
         self.root = require_dir(root, "the Phototriage folder with train_val/ and test/")
@@ -121,14 +127,20 @@ class Phototriage(Dataset):
         self.pairs = [p for p in every if not p.is_tie]
         self.ties = len(every) - len(self.pairs)
         self.targets = [0 if p.p > 0.5 else 1 for p in self.pairs]
-        log.info("Phototriage %s: %d labelled pairs; left out %d pairs with p = 0.5 (no label)",
-                 split, len(self.pairs), self.ties)
+        log.info(
+            "Phototriage %s: %d labelled pairs; left out %d pairs with p = 0.5 (no label)",
+            split,
+            len(self.pairs),
+            self.ties,
+        )
         # Checked now, not when a sample is first read: a run must not fail hours in.
         names = dict.fromkeys(photo_name(p.series, k) for p in self.pairs for k in (p.i, p.j))
         missing = [n for n in names if not (self.image_dir / n).is_file()]
         if missing:
-            raise DataNotFoundError(f"{self.image_dir}: {len(missing)} image file(s) of the {split} pairs missing, "
-                                    f"e.g. {', '.join(missing[:3])}")
+            raise DataNotFoundError(
+                f"{self.image_dir}: {len(missing)} image file(s) of the {split} pairs missing, "
+                f"e.g. {', '.join(missing[:3])}"
+            )
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -139,8 +151,16 @@ class Phototriage(Dataset):
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         pair = self.pairs[k]
-        sample = {"a": self._load(pair.series, pair.i), "b": self._load(pair.series, pair.j), "series": pair.series,
-                  "i": pair.i, "j": pair.j, "p": pair.p, "target": self.targets[k], "index": k}
+        sample = {
+            "a": self._load(pair.series, pair.i),
+            "b": self._load(pair.series, pair.j),
+            "series": pair.series,
+            "i": pair.i,
+            "j": pair.j,
+            "p": pair.p,
+            "target": self.targets[k],
+            "index": k,
+        }
         return self.transform(sample) if self.transform is not None else sample
 
 
@@ -151,7 +171,7 @@ def fix_scale_crop(image: Tensor, size: int) -> Tensor:
     oh, ow = (size, int(w * size / h)) if w > h else (int(h * size / w), size)
     image = F.resize(image, [oh, ow], antialias=True)
     y, x = round((oh - size) / 2), round((ow - size) / 2)
-    return image[..., y:y + size, x:x + size]
+    return image[..., y : y + size, x : x + size]
 
 
 class PairEvalTransform:
@@ -161,8 +181,11 @@ class PairEvalTransform:
         self.size = size
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        return {**sample, "a": normalize(fix_scale_crop(sample["a"], self.size)),
-                "b": normalize(fix_scale_crop(sample["b"], self.size))}
+        return {
+            **sample,
+            "a": normalize(fix_scale_crop(sample["a"], self.size)),
+            "b": normalize(fix_scale_crop(sample["b"], self.size)),
+        }
 
 
 class PairTrainTransform(PairEvalTransform):
@@ -184,6 +207,7 @@ class PairTrainTransform(PairEvalTransform):
         if self.flip_p and torch.rand(()).item() < self.flip_p:
             out["a"], out["b"] = out["a"].flip(-1), out["b"].flip(-1)
         if self.swap_p and torch.rand(()).item() < self.swap_p:
-            out.update(a=out["b"], b=out["a"], i=out["j"], j=out["i"], p=round(1.0 - out["p"], 6),
-                       target=1 - out["target"])
+            out.update(
+                a=out["b"], b=out["a"], i=out["j"], j=out["i"], p=round(1.0 - out["p"], 6), target=1 - out["target"]
+            )
         return out

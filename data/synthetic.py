@@ -321,8 +321,9 @@ def write_nyuv2(
     return out
 
 
-def write_mtan(out: str | Path, n_train: int = 12, n_val: int = 8, seed: int = 0,
-               size: tuple[int, int] = (288, 384)) -> Path:
+def write_mtan(
+    out: str | Path, n_train: int = 12, n_val: int = 8, seed: int = 0, size: tuple[int, int] = (288, 384)
+) -> Path:
     """Write an MTAN-style nyuv2/ folder of rendered rooms (288 x 384 as MTAN's; smaller for quick runs) into
     `out`; returns `out`."""
     out = Path(out)
@@ -654,8 +655,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     nyu = sub.add_parser("nyuv2", help="nyu_depth_v2_labeled.mat + splits.mat in the official formats")
     nyu.add_argument("--n", type=int, default=24, help="number of frames (1449 uses the official split)")
     nyu.add_argument("--mapping", action="store_true", help="also write classMapping40.mat")
-    nyu.add_argument("--frame-size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"),
-                     help="frame height and width (the official 480 x 640 by default; smaller for quick runs)")
+    nyu.add_argument(
+        "--frame-size",
+        type=int,
+        nargs=2,
+        default=(480, 640),
+        metavar=("H", "W"),
+        help="frame height and width (the official 480 x 640 by default; smaller for quick runs)",
+    )
     nyu.add_argument(
         "--train-fraction",
         type=float,
@@ -665,8 +672,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     mtan = sub.add_parser("mtan", help="an MTAN-style nyuv2/ folder of .npy files")
     mtan.add_argument("--n-train", type=int, default=12)
     mtan.add_argument("--n-val", type=int, default=8)
-    mtan.add_argument("--size", type=int, nargs=2, default=(288, 384), metavar=("H", "W"),
-                      help="frame height and width (MTAN's 288 x 384 by default)")
+    mtan.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(288, 384),
+        metavar=("H", "W"),
+        help="frame height and width (MTAN's 288 x 384 by default)",
+    )
     adience = sub.add_parser("adience", help="Adience fold files + aligned/ JPEG faces")
     adience.add_argument("--per-fold", type=int, default=60, help="rows per fold, 5 of which must be dropped")
     adience.add_argument("--size", type=int, default=256, help="image side in pixels")

@@ -39,7 +39,7 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> np.ndarra
         r = rng.uniform(0.08, 0.22) * min(height, width)
         colour = rng.uniform(0, 255, 3)
         if rng.random() < 0.5:
-            mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+            mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
         else:
             mask = (abs(yy - cy) < r) & (abs(xx - cx) < r * rng.uniform(0.5, 1.5))
         img[mask] = colour
@@ -86,8 +86,9 @@ def write_split(out: Path, split: str, series_ids: list[int], size: int, rng: np
     (out / folder / pairlist).write_text("\n".join(lines) + "\n")
 
 
-def write_phototriage(out: str | Path, series: tuple[int, int, int] = (24, 8, 8), size: int = 64,
-                      seed: int = 0) -> Path:
+def write_phototriage(
+    out: str | Path, series: tuple[int, int, int] = (24, 8, 8), size: int = 64, seed: int = 0
+) -> Path:
     """Write train / val / test with the given numbers of series; returns ``out``."""
     out = Path(out)
     rng = np.random.default_rng(seed)
@@ -103,8 +104,14 @@ def write_phototriage(out: str | Path, series: tuple[int, int, int] = (24, 8, 8)
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--series", type=int, nargs=3, default=(24, 8, 8), metavar=("TRAIN", "VAL", "TEST"),
-                   help="number of series in each split")
+    p.add_argument(
+        "--series",
+        type=int,
+        nargs=3,
+        default=(24, 8, 8),
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="number of series in each split",
+    )
     p.add_argument("--size", type=int, default=64, help="shorter side of the photos")
     p.add_argument("--seed", type=int, default=0)
     return p

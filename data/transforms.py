@@ -157,12 +157,14 @@ def window_strides(crop_size: int | Sequence[int], stride: int | Sequence[int] |
     return (2 * crop_h // 3, 2 * crop_w // 3) if stride is None else hw(stride)
 
 
-def count_windows(height: int, width: int, crop_size: int | Sequence[int],
-                  stride: int | Sequence[int] | None = None) -> int:
+def count_windows(
+    height: int, width: int, crop_size: int | Sequence[int], stride: int | Sequence[int] | None = None
+) -> int:
     """Number of windows ``sliding_window_predict`` runs on an image of height x width."""
     (crop_h, crop_w), (stride_h, stride_w) = hw(crop_size), window_strides(crop_size, stride)
     return len(window_starts(max(height, crop_h), crop_h, stride_h)) * len(
-        window_starts(max(width, crop_w), crop_w, stride_w))
+        window_starts(max(width, crop_w), crop_w, stride_w)
+    )
 
 
 WINDOW_BATCH = 8  # windows per forward pass (a batch of 1 wastes most of a CPU's or GPU's throughput)
@@ -195,12 +197,13 @@ def sliding_window_predict(
     # zeros = the mean colour after normalisation; outputs over the padding are cropped away below
     image = torch.nn.functional.pad(image, (0, max(crop_w - width, 0), 0, max(crop_h - height, 0)))
     padded = image.shape[-2:]
-    starts = [(y, x) for y in window_starts(padded[0], crop_h, stride_h)
-              for x in window_starts(padded[1], crop_w, stride_w)]
+    starts = [
+        (y, x) for y in window_starts(padded[0], crop_h, stride_h) for x in window_starts(padded[1], crop_w, stride_w)
+    ]
     sums: dict[str, Tensor] = {}
     count = torch.zeros(padded, device=image.device)
     for first in range(0, len(starts), max(window_batch, 1)):
-        chunk = starts[first:first + max(window_batch, 1)]
+        chunk = starts[first : first + max(window_batch, 1)]
         windows = torch.cat([image[..., y : y + crop_h, x : x + crop_w] for y, x in chunk])  # (n * B, 3, h, w)
         outputs = model_fn(windows)
         for key, value in outputs.items():

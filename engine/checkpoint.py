@@ -31,8 +31,11 @@ LAYOUT: dict[str, tuple[tuple[str, ...], str]] = {
     "scheduler": (("last",), "the learning-rate schedule's state (its iteration)"),
     "scaler": (("last",), "the fp16 gradient scaler's state, or None"),
     "weighting": (("last",), "the loss weighting's state (engine/weighting.py: loss history, learned weights)"),
-    "train_state": (("last",), "where training stands (engine.train.TrainState: epoch, iteration, position "
-                               "in the epoch, best score, running loss sums, schedule length)"),
+    "train_state": (
+        ("last",),
+        "where training stands (engine.train.TrainState: epoch, iteration, position "
+        "in the epoch, best score, running loss sums, schedule length)",
+    ),
     "rng": (("last",), "every random generator's state (Python, NumPy, torch, CUDA)"),
     "epoch": (("best",), "epochs completed when this model was the best"),
     "iteration": (("best",), "iterations completed when this model was the best"),
@@ -54,8 +57,13 @@ def best_state(last: dict[str, Any]) -> dict[str, Any]:
     """The best-by-validation file from a resumable state: the model, how to rebuild it and its
     scores, without optimiser and RNG state (about half the size; ``--resume`` refuses it)."""
     train = last["train_state"]
-    return _checked({**{k: last[k] for k in _keys("best") if k in last},
-                     **{k: train[k] for k in ("epoch", "iteration", "best", "best_metrics")}}, "best")
+    return _checked(
+        {
+            **{k: last[k] for k in _keys("best") if k in last},
+            **{k: train[k] for k in ("epoch", "iteration", "best", "best_metrics")},
+        },
+        "best",
+    )
 
 
 def _checked(entries: dict[str, Any], file: str) -> dict[str, Any]:
@@ -127,8 +135,13 @@ def capture_rng() -> dict[str, Any]:
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     return {
         "python": {"version": version, "state": torch.tensor(keys, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }

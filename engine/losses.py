@@ -50,8 +50,9 @@ def normal_loss(pred: Tensor, target: Tensor, name: str = "cos") -> Tensor:
     return torch.where(valid, per_pixel, 0.0).sum() / n
 
 
-def pixel_losses(out: dict[str, Tensor], batch: dict[str, Tensor], depth_name: str = "berhu",
-                 normal_name: str = "cos") -> dict[str, Tensor]:
+def pixel_losses(
+    out: dict[str, Tensor], batch: dict[str, Tensor], depth_name: str = "berhu", normal_name: str = "cos"
+) -> dict[str, Tensor]:
     """The loss of every pixel task the network predicts: 'seg' CE (ignoring IGNORE_INDEX), 'depth'
     depth_loss (also disparity), 'normal' normal_loss."""
     losses = {

@@ -32,12 +32,32 @@ MIN_DEPTH = 1e-3
 
 # Direction of each reported metric: +1 higher is better, -1 lower is better.
 DIRECTION = {
-    "seg/miou": 1, "seg/pixel_acc": 1, "seg/mean_class_acc": 1, "seg/fwiou": 1,
-    "depth/abs_err": -1, "depth/rel_err": -1, "depth/sq_rel": -1, "depth/log10": -1, "depth/rmse": -1,
-    "depth/rmse_log": -1, "depth/delta1": 1, "depth/delta2": 1, "depth/delta3": 1,
-    "normal/mean": -1, "normal/median": -1, "normal/rmse": -1, "normal/a11": 1, "normal/a22": 1, "normal/a30": 1,
-    "gender/acc": 1, "age/acc": 1, "age/one_off": 1,
-    "pair/acc": 1, "pair/acc_agree": 1, "pair/nll": -1, "series/top1": 1,
+    "seg/miou": 1,
+    "seg/pixel_acc": 1,
+    "seg/mean_class_acc": 1,
+    "seg/fwiou": 1,
+    "depth/abs_err": -1,
+    "depth/rel_err": -1,
+    "depth/sq_rel": -1,
+    "depth/log10": -1,
+    "depth/rmse": -1,
+    "depth/rmse_log": -1,
+    "depth/delta1": 1,
+    "depth/delta2": 1,
+    "depth/delta3": 1,
+    "normal/mean": -1,
+    "normal/median": -1,
+    "normal/rmse": -1,
+    "normal/a11": 1,
+    "normal/a22": 1,
+    "normal/a30": 1,
+    "gender/acc": 1,
+    "age/acc": 1,
+    "age/one_off": 1,
+    "pair/acc": 1,
+    "pair/acc_agree": 1,
+    "pair/nll": -1,
+    "series/top1": 1,
 }
 
 
@@ -100,12 +120,20 @@ class DepthMeter:
         err = pred - gt
         ratio = torch.maximum(pred / gt, gt / pred)
         log_err = torch.log(pred) - torch.log(gt)
-        self.sums += torch.stack([
-            err.abs().sum(), (err.abs() / gt).sum(), (err.square() / gt).sum(),
-            (torch.log10(pred) - torch.log10(gt)).abs().sum(), err.square().sum(), log_err.square().sum(),
-            (ratio < 1.25).sum(), (ratio < 1.25 ** 2).sum(), (ratio < 1.25 ** 3).sum(),
-            torch.tensor(float(gt.numel()), dtype=torch.float64, device=gt.device),
-        ])
+        self.sums += torch.stack(
+            [
+                err.abs().sum(),
+                (err.abs() / gt).sum(),
+                (err.square() / gt).sum(),
+                (torch.log10(pred) - torch.log10(gt)).abs().sum(),
+                err.square().sum(),
+                log_err.square().sum(),
+                (ratio < 1.25).sum(),
+                (ratio < 1.25**2).sum(),
+                (ratio < 1.25**3).sum(),
+                torch.tensor(float(gt.numel()), dtype=torch.float64, device=gt.device),
+            ]
+        )
 
     def reduce(self) -> None:
         all_reduce_sum(self.sums)
@@ -114,10 +142,15 @@ class DepthMeter:
         s = dict(zip(self.SUMS, self.sums.cpu().tolist()))
         c = s["count"] or math.nan
         return {
-            "depth/abs_err": s["abs_err"] / c, "depth/rel_err": s["rel_err"] / c, "depth/sq_rel": s["sq_rel"] / c,
-            "depth/log10": s["log10"] / c, "depth/rmse": math.sqrt(s["sq_err"] / c),
-            "depth/rmse_log": math.sqrt(s["sq_log"] / c), "depth/delta1": s["delta1"] / c,
-            "depth/delta2": s["delta2"] / c, "depth/delta3": s["delta3"] / c,
+            "depth/abs_err": s["abs_err"] / c,
+            "depth/rel_err": s["rel_err"] / c,
+            "depth/sq_rel": s["sq_rel"] / c,
+            "depth/log10": s["log10"] / c,
+            "depth/rmse": math.sqrt(s["sq_err"] / c),
+            "depth/rmse_log": math.sqrt(s["sq_log"] / c),
+            "depth/delta1": s["delta1"] / c,
+            "depth/delta2": s["delta2"] / c,
+            "depth/delta3": s["delta3"] / c,
         }
 
 
@@ -145,9 +178,14 @@ class NormalMeter:
     def update(self, pred: Tensor, true: Tensor) -> None:
         """pred, true: (B, 3, H, W) normals; a true all-zero vector = no ground truth."""
         angle = normal_angles(pred, true)
-        self.sums += torch.stack([angle.sum(), angle.square().sum(),
-                                  *[(angle < t).sum().double() for t in self.THRESHOLDS.values()],
-                                  torch.tensor(float(angle.numel()), dtype=torch.float64, device=angle.device)])
+        self.sums += torch.stack(
+            [
+                angle.sum(),
+                angle.square().sum(),
+                *[(angle < t).sum().double() for t in self.THRESHOLDS.values()],
+                torch.tensor(float(angle.numel()), dtype=torch.float64, device=angle.device),
+            ]
+        )
         self.angles.append(angle.float().cpu())
 
     def reduce(self) -> None:
@@ -165,8 +203,12 @@ class NormalMeter:
         c = count or math.nan
         # the median of an even count is the mean of the two middle angles (numpy's, as LibMTL's np.median)
         median = angles.double().quantile(0.5).item() if count else math.nan
-        return {"normal/mean": total / c, "normal/median": median,
-                "normal/rmse": math.sqrt(squares / c), **{f"normal/{k}": w / c for k, w in zip(self.THRESHOLDS, within)}}
+        return {
+            "normal/mean": total / c,
+            "normal/median": median,
+            "normal/rmse": math.sqrt(squares / c),
+            **{f"normal/{k}": w / c for k, w in zip(self.THRESHOLDS, within)},
+        }
 
 
 class ImageMeter:
@@ -179,10 +221,14 @@ class ImageMeter:
 
     @torch.no_grad()
     def update(self, gender_pred: Tensor, gender_true: Tensor, age_pred: Tensor, age_true: Tensor) -> None:
-        self.counts += torch.stack([
-            (gender_pred == gender_true).sum(), (age_pred == age_true).sum(),
-            ((age_pred - age_true).abs() <= 1).sum(), torch.tensor(gender_true.numel(), device=gender_true.device),
-        ])
+        self.counts += torch.stack(
+            [
+                (gender_pred == gender_true).sum(),
+                (age_pred == age_true).sum(),
+                ((age_pred - age_true).abs() <= 1).sum(),
+                torch.tensor(gender_true.numel(), device=gender_true.device),
+            ]
+        )
         k = self.num_ages
         self.age_confusion += torch.bincount(age_true.long() * k + age_pred.long(), minlength=k * k).view(k, k)
 
@@ -258,8 +304,12 @@ def series_metrics(rows: list[tuple[int, int, int, float, float]]) -> dict[str, 
         return max(photos, key=lambda x: (photos[x][k], photos[x][k + 1], -x))
 
     top1 = [best(photos, 2) == best(photos, 0) for photos in tally.values()]
-    return {"pair/acc": sum(ok) / len(ok), "pair/acc_agree": sum(agree) / len(agree) if agree else math.nan,
-            "pair/nll": sum(nll) / len(nll), "series/top1": sum(top1) / len(top1)}
+    return {
+        "pair/acc": sum(ok) / len(ok),
+        "pair/acc_agree": sum(agree) / len(agree) if agree else math.nan,
+        "pair/nll": sum(nll) / len(nll),
+        "series/top1": sum(top1) / len(top1),
+    }
 
 
 def multitask_delta(metrics: dict[str, float], baseline: dict[str, float]) -> dict[str, float]:

@@ -51,9 +51,11 @@ def plot_curves(log_path: str | Path, out: str | Path) -> Path:
     return _save(fig, out)
 
 
-def plot_grid(rows: list[np.ndarray], out: str | Path,
-              titles: tuple[str, ...] = ("input", "seg truth", "seg prediction", "depth truth", "depth prediction")
-              ) -> Path:
+def plot_grid(
+    rows: list[np.ndarray],
+    out: str | Path,
+    titles: tuple[str, ...] = ("input", "seg truth", "seg prediction", "depth truth", "depth prediction"),
+) -> Path:
     """rows: panels (H, len(titles) * W, 3) in [0, 1], stacked vertically with column titles."""
     grid = np.concatenate(rows, axis=0)
     fig, ax = plt.subplots(figsize=(2.6 * len(titles), 2.0 * len(rows) + 0.6))

@@ -55,8 +55,9 @@ def flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def parse_with_explicit(parser: argparse.ArgumentParser,
-                        argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, set[str]]:
+def parse_with_explicit(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> tuple[argparse.Namespace, set[str]]:
     """Parse ``argv`` and also return the dests the user typed (whatever their value).
 
     The second parse starts from a namespace where every dest is already set to a marker:
@@ -95,8 +96,9 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def resume_run(args: argparse.Namespace, kind: str, explicit: set[str] | None
-               ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def resume_run(
+    args: argparse.Namespace, kind: str, explicit: set[str] | None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The settings of the run to train, and its checkpoint when ``--resume`` continues one (else None).
 
     A fresh run: the parsed values as they are. ``--resume``: load the checkpoint, check it is a
@@ -115,8 +117,10 @@ def resume_run(args: argparse.Namespace, kind: str, explicit: set[str] | None
     if ck.get("kind") != kind:
         raise RunError(f"--resume {args.resume}: a {ck.get('kind')!r} checkpoint, this script trains {kind!r} networks")
     if "optimizer" not in ck:
-        raise RunError(f"--resume {args.resume}: a best-by-validation file holds the model only (for eval.py "
-                       "and --init); resume from the run's latest state (its --out file, *_last.pth)")
+        raise RunError(
+            f"--resume {args.resume}: a best-by-validation file holds the model only (for eval.py "
+            "and --init); resume from the run's latest state (its --out file, *_last.pth)"
+        )
     if values.get("overwrite"):
         raise RunError(f"--resume {args.resume}: --overwrite is for a fresh run; drop one of the two")
     stored: dict[str, Any] = ck.get("args") or {}
@@ -134,11 +138,15 @@ def resume_run(args: argparse.Namespace, kind: str, explicit: set[str] | None
         else:
             refused.append(f"{flag(dest)} {_show(value)} differs from the run's {_show(old)}")
     if refused:
-        raise RunError(f"--resume {args.resume}: {'; '.join(refused)}; a resumed run keeps its settings: drop "
-                       f"{'it' if len(refused) == 1 else 'them'}, or start a new run (a new --out/--logdir)")
+        raise RunError(
+            f"--resume {args.resume}: {'; '.join(refused)}; a resumed run keeps its settings: drop "
+            f"{'it' if len(refused) == 1 else 'them'}, or start a new run (a new --out/--logdir)"
+        )
     if "epochs" in stored and values["epochs"] < stored["epochs"]:
-        raise RunError(f"--resume {args.resume}: --epochs {values['epochs']} is shorter than the run's "
-                       f"{stored['epochs']}; a run can be extended, not shortened (stop it instead)")
+        raise RunError(
+            f"--resume {args.resume}: --epochs {values['epochs']} is shorter than the run's "
+            f"{stored['epochs']}; a run can be extended, not shortened (stop it instead)"
+        )
     if applied and _is_main():
         log.info("resume: applied " + ", ".join(applied))
     return values, ck
@@ -169,18 +177,23 @@ def check_run_folders(args: argparse.Namespace, best: str | Path, resume: dict[s
         new_log = stored.get("logdir") is not None and not _same_path(args.logdir, stored["logdir"])
         found = run_files(args.out if new_out else None, best if new_out else None, args.logdir if new_log else None)
         if found:
-            raise RunError(f"--resume {args.resume}: {found[0]} already belongs to another run; continue into an "
-                           "empty --out/--logdir, or leave them as the run's")
+            raise RunError(
+                f"--resume {args.resume}: {found[0]} already belongs to another run; continue into an "
+                "empty --out/--logdir, or leave them as the run's"
+            )
         return []
     init = getattr(args, "init", None)  # stage 2 only (a family without stages has no --init)
     if init and (_same_path(init, args.out) or _same_path(init, best)):
-        raise RunError(f"--init {init}: this run would write over it (its checkpoints are {args.out} and "
-                       f"{best}); give the new run another --out")
+        raise RunError(
+            f"--init {init}: this run would write over it (its checkpoints are {args.out} and "
+            f"{best}); give the new run another --out"
+        )
     found = run_files(args.out, best, args.logdir)
     if found and not getattr(args, "overwrite", False):
         resume = f"continue it with --resume {args.out}, " if Path(args.out).is_file() else ""
-        raise RunError(f"{found[0]} already holds a run; {resume}choose a new --out/--logdir, "
-                       "or pass --overwrite to replace it")
+        raise RunError(
+            f"{found[0]} already holds a run; {resume}choose a new --out/--logdir, or pass --overwrite to replace it"
+        )
     return found
 
 
@@ -231,6 +244,8 @@ def schedule_length(args: argparse.Namespace, iters_per_epoch: int, resume: dict
         def lr(t: int) -> float:
             return args.lr * Schedule.of(args, iters_per_epoch, t).factor(it)
 
-        log.info(f"extending the run: --epochs {run_epochs} -> {args.epochs}, {args.schedule} schedule {total} -> "
-                 f"{new_total} iterations; base lr at iteration {it}: {lr(total):.4g} -> {lr(new_total):.4g}")
+        log.info(
+            f"extending the run: --epochs {run_epochs} -> {args.epochs}, {args.schedule} schedule {total} -> "
+            f"{new_total} iterations; base lr at iteration {it}: {lr(total):.4g} -> {lr(new_total):.4g}"
+        )
     return new_total

@@ -36,9 +36,9 @@ def sample_seed(seed: int, epoch: int, index: int, size: int) -> int:
     ``seed * 1_000_003 + epoch * 10_007 + index`` repeated as soon as a dataset had more than
     10,007 samples: sample 10,007 of epoch 0 was sample 0 of epoch 1.)
     """
-    seed32 = seed % 2 ** 32
-    position = (epoch * size + index) % 2 ** 32
-    low = _mix32((position + _mix32(seed32 ^ 0x9E3779B9)) % 2 ** 32)
+    seed32 = seed % 2**32
+    position = (epoch * size + index) % 2**32
+    low = _mix32((position + _mix32(seed32 ^ 0x9E3779B9)) % 2**32)
     return (seed32 << 32) | low
 
 
@@ -77,8 +77,9 @@ class EpochSampler(Sampler):
     (as DistributedSampler does), keeps this rank's share, and can skip the batches already
     done in an interrupted epoch."""
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
-                 pad: bool = True) -> None:
+    def __init__(
+        self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1, pad: bool = True
+    ) -> None:
         """pad=False (evaluation): ranks get unequal shares and no sample is seen twice."""
         self.n, self.seed, self.shuffle, self.rank, self.world, self.pad = n, seed, shuffle, rank, world_size, pad
         self.epoch, self.skip = 0, 0
@@ -95,12 +96,12 @@ class EpochSampler(Sampler):
         if self.world > 1:
             if self.pad:
                 order += order[: (-len(order)) % self.world]
-            order = order[self.rank::self.world]
+            order = order[self.rank :: self.world]
         return order
 
     def __len__(self) -> int:
         return len(self._indices()) - self.skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for i in self._indices()[self.skip:]:
+        for i in self._indices()[self.skip :]:
             yield self.epoch, i

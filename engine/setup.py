@@ -36,6 +36,7 @@ def seed_everything(seed: int) -> None:
 
 # -- the network ---------------------------------------------------------------------------------
 
+
 def load_stage1(path: str, config: Any) -> dict[str, Tensor]:
     """The state dict of a stage-1 checkpoint that fits ``config`` (same kind and tasks, fusion 'none')."""
     ck = load_checkpoint(path)
@@ -62,13 +63,17 @@ def build_network(settings: Settings, config: dict[str, Any], is_main: bool) -> 
     init = settings.get("init")
     if init:
         if model.config.fusion == "shared":
-            raise UserError(f"--init {init}: hard sharing ('shared') starts from ImageNet weights "
-                            "(--pretrained), not from a single-task checkpoint")
+            raise UserError(
+                f"--init {init}: hard sharing ('shared') starts from ImageNet weights "
+                "(--pretrained), not from a single-task checkpoint"
+            )
         report = init_from_stage1(model, load_stage1(init, model.config), heads=settings.init_heads)
         if is_main:
             what = "trunks and heads" if settings.init_heads else "trunks"
-            log.info(f"init from {init}: {len(report['loaded'])} tensors loaded ({what}); "
-                     f"{len(report['kept'])} kept as initialised")
+            log.info(
+                f"init from {init}: {len(report['loaded'])} tensors loaded ({what}); "
+                f"{len(report['kept'])} kept as initialised"
+            )
     elif settings.pretrained and settings.pretrained != "none":
         try:
             unused = model.load_backbone_weights(settings.pretrained)
@@ -77,8 +82,10 @@ def build_network(settings: Settings, config: dict[str, Any], is_main: bool) -> 
         except OSError as e:  # urllib's URLError is an OSError: no network, proxy, full disk ...
             if settings.pretrained != "imagenet":
                 raise
-            raise UserError(f"--pretrained imagenet: could not get torchvision's ResNet-50 weights ({e}); "
-                            "use --pretrained PATH (a saved state dict) or --pretrained none") from None
+            raise UserError(
+                f"--pretrained imagenet: could not get torchvision's ResNet-50 weights ({e}); "
+                "use --pretrained PATH (a saved state dict) or --pretrained none"
+            ) from None
         if is_main:
             log.info(f"backbones from {settings.pretrained}; unused keys: {', '.join(unused) or 'none'}")
     return model
@@ -95,6 +102,7 @@ def wrap(model: nn.Module, settings: Settings, dist: DistInfo) -> nn.Module:
 
 # -- loss weighting and optimiser ------------------------------------------------------------------
 
+
 def default_weighting(model: nn.Module) -> str:
     """The original recipe: DWA (T = 2) when the tasks interact; a plain sum for the single-task pair
     (and for a family with one task)."""
@@ -104,8 +112,10 @@ def default_weighting(model: nn.Module) -> str:
 def make_weighting(model: nn.Module, settings: Settings) -> LossWeighting:
     name = settings.get("weighting") or default_weighting(model)
     if name == "gradnorm" and not model.shared_parameters():
-        raise UserError(f"--weighting gradnorm balances gradients on parameters both tasks share; "
-                        f"--fusion {model.config.fusion} has none")
+        raise UserError(
+            f"--weighting gradnorm balances gradients on parameters both tasks share; "
+            f"--fusion {model.config.fusion} has none"
+        )
     options = {k: settings.get(k) for k in ("dwa_temp", "gradnorm_alpha") if settings.get(k) is not None}
     try:
         return build_weighting(name, model.tasks, **options)
@@ -113,8 +123,9 @@ def make_weighting(model: nn.Module, settings: Settings) -> LossWeighting:
         raise UserError(str(e)) from None
 
 
-def build_optimizer(model: nn.Module, weighting: LossWeighting, settings: Settings,
-                    device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, weighting: LossWeighting, settings: Settings, device: torch.device
+) -> torch.optim.Optimizer:
     """SGD over the model's groups (backbone, fusion, head ...) and, when the weighting learns
     parameters (uncertainty, GradNorm), a 'weighting' group at the base rate without weight decay
     (decay would pull log variances and weights towards 0)."""
@@ -124,19 +135,25 @@ def build_optimizer(model: nn.Module, weighting: LossWeighting, settings: Settin
         raise UserError(f"--lr-mult {json.dumps(settings.lr_mult)}: {e}") from None
     learned = [p for p in weighting.parameters() if p.requires_grad]
     if learned:
-        groups.append({"name": "weighting", "params": learned, "lr": settings.lr, "lr_mult": 1.0,
-                       "weight_decay": 0.0})
+        groups.append({"name": "weighting", "params": learned, "lr": settings.lr, "lr_mult": 1.0, "weight_decay": 0.0})
     kw: dict[str, Any] = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, **kw)
 
 
 # -- data ----------------------------------------------------------------------------------------
 
-def make_loader(dataset: Dataset, batch: int, workers: int, sampler: EpochSampler, device: torch.device,
-                drop_last: bool) -> DataLoader:
+
+def make_loader(
+    dataset: Dataset, batch: int, workers: int, sampler: EpochSampler, device: torch.device, drop_last: bool
+) -> DataLoader:
     return DataLoader(
-        dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=drop_last,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=drop_last,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
         # The loader draws worker base seeds from its own generator, so the global RNG (dropout)
         # is untouched by iterator creation; samples are seeded by SeededDataset anyway.
         generator=torch.Generator().manual_seed(0),
@@ -161,13 +178,16 @@ class Loaders:
         self.train_sampler = EpochSampler(len(train), seed, True, dist.rank, dist.world_size)
         per_rank = len(self.train_sampler)
         if per_rank < 2:  # BatchNorm cannot train on single samples (ASPP's pooled branch is 1x1)
-            raise UserError(f"{settings.data_root}: {len(train)} training samples ({per_rank} per process); "
-                            "need at least 2")
+            raise UserError(
+                f"{settings.data_root}: {len(train)} training samples ({per_rank} per process); need at least 2"
+            )
         # A training set smaller than a batch trains on batches of all of it (the setting stays as given).
         self.batch_size = min(settings.batch_size, per_rank)
         if self.batch_size < settings.batch_size and dist.is_main:
-            log.info(f"note: {per_rank} training samples per process, fewer than --batch-size {settings.batch_size}: "
-                     f"using batches of {per_rank}")
+            log.info(
+                f"note: {per_rank} training samples per process, fewer than --batch-size {settings.batch_size}: "
+                f"using batches of {per_rank}"
+            )
         # drop_last: a last batch of one sample would break BatchNorm in training mode.
         self.train = make_loader(train, self.batch_size, workers, self.train_sampler, device, drop_last=True)
         val_sampler = EpochSampler(len(val), seed, False, dist.rank, dist.world_size, pad=False)
@@ -213,9 +233,15 @@ def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool =
 
 
 @torch.no_grad()
-def recompute_bn_stats(model: nn.Module, batch_iter: Iterator[dict[str, Any]], device: torch.device, amp: str,
-                       channels_last: bool, dist: DistInfo,
-                       inputs: Callable[[dict[str, Any]], tuple[Tensor, ...]] = lambda b: (b["image"],)) -> None:
+def recompute_bn_stats(
+    model: nn.Module,
+    batch_iter: Iterator[dict[str, Any]],
+    device: torch.device,
+    amp: str,
+    channels_last: bool,
+    dist: DistInfo,
+    inputs: Callable[[dict[str, Any]], tuple[Tensor, ...]] = lambda b: (b["image"],),
+) -> None:
     """Precise BN: replace the running statistics (an average over the last, still moving, weights)
     by plain averages over the given training batches with the current weights."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

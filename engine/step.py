@@ -33,11 +33,20 @@ class TrainStep:
         shared: the parameters GradNorm balances the tasks' gradients on (empty otherwise).
     """
 
-    def __init__(self, net: nn.Module, family: Any, optimizer: torch.optim.Optimizer, weighting: LossWeighting, *,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                 scaler: torch.amp.GradScaler | None = None, amp: str = "none",
-                 device: torch.device = CPU, dist: DistInfo | None = None,
-                 shared: Sequence[Tensor] = ()) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        family: Any,
+        optimizer: torch.optim.Optimizer,
+        weighting: LossWeighting,
+        *,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        amp: str = "none",
+        device: torch.device = CPU,
+        dist: DistInfo | None = None,
+        shared: Sequence[Tensor] = (),
+    ) -> None:
         self.net, self.family, self.optimizer, self.weighting = net, family, optimizer, weighting
         self.scheduler, self.scaler, self.amp, self.device, self.dist = scheduler, scaler, amp, device, dist
         self.shared = list(shared)

@@ -53,7 +53,7 @@ from .setup import (
 from .step import TrainStep
 
 log = logging.getLogger(__name__)
-BIG = 2 ** 62  # "no non-finite loss seen yet" in the on-device tracker
+BIG = 2**62  # "no non-finite loss seen yet" in the on-device tracker
 
 
 @dataclass
@@ -136,21 +136,28 @@ class Monitor:
     """What a person sees of the steps: a progress bar, and loss / learning-rate scalars every
     ``log_every`` iterations (on rank 0; the sums stay on the device in between)."""
 
-    def __init__(self, logger: RunLogger, settings: Settings, dist: DistInfo, optimizer: torch.optim.Optimizer
-                 ) -> None:
+    def __init__(self, logger: RunLogger, settings: Settings, dist: DistInfo, optimizer: torch.optim.Optimizer) -> None:
         self.logger, self.settings, self.dist, self.optimizer = logger, settings, dist, optimizer
 
     def bar(self, state: TrainState, total: int) -> tqdm:
-        return tqdm(total=total, desc=f"epoch {state.epoch + 1}/{self.settings.epochs}", disable=not self.dist.is_main,
-                    dynamic_ncols=True, leave=False)
+        return tqdm(
+            total=total,
+            desc=f"epoch {state.epoch + 1}/{self.settings.epochs}",
+            disable=not self.dist.is_main,
+            dynamic_ncols=True,
+            leave=False,
+        )
 
     def at_log(self, state: TrainState) -> bool:
         return state.iteration % self.settings.log_every == 0
 
     def log_window(self, tasks: list[str], means: list[float], iteration: int, bar: tqdm) -> None:
         self.logger.scalars(dict(zip(tasks, means)), iteration, head="loss/")
-        self.logger.scalars({f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)},
-                            iteration, head="opt/")
+        self.logger.scalars(
+            {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)},
+            iteration,
+            head="opt/",
+        )
         bar.set_postfix({t: f"{v:.3f}" for t, v in zip(tasks, means)})
 
 
@@ -224,11 +231,18 @@ class Run:
             return
         step, model = self.step, self.model
         last = resumable_state(
-            model=model.state_dict(), model_config=model.config.to_dict(), kind=model.config.kind, data=self.data,
+            model=model.state_dict(),
+            model_config=model.config.to_dict(),
+            kind=model.config.kind,
+            data=self.data,
             args={k: str(v) if isinstance(v, os.PathLike) else v for k, v in vars(self.settings).items()},
-            optimizer=step.optimizer.state_dict(), scheduler=step.scheduler.state_dict(),
+            optimizer=step.optimizer.state_dict(),
+            scheduler=step.scheduler.state_dict(),
             scaler=step.scaler.state_dict() if step.scaler is not None else None,
-            weighting=step.weighting.state_dict(), train_state=self.state.state_dict(), rng=capture_rng())
+            weighting=step.weighting.state_dict(),
+            train_state=self.state.state_dict(),
+            rng=capture_rng(),
+        )
         save_checkpoint(best_state(last) if best else last, self.best_path if best else self.settings.out)
 
 
@@ -250,8 +264,11 @@ def setup(settings: Settings, family: Any, resume: dict[str, Any] | None) -> Run
         torch.set_flush_denormal(True)
     data = family.datasets()
     # a resumed run: its own network, the weights come from the checkpoint (restore)
-    model = (build_network(settings, family.model_config(data.train), dist.is_main) if resume is None
-             else model_from_config(resume["model_config"]))
+    model = (
+        build_network(settings, family.model_config(data.train), dist.is_main)
+        if resume is None
+        else model_from_config(resume["model_config"])
+    )
     model.to(dist.device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -262,12 +279,32 @@ def setup(settings: Settings, family: Any, resume: dict[str, Any] | None) -> Run
     total = schedule_length(settings, loaders.iters_per_epoch, resume)  # --epochs extends it on resume
     scheduler = build_scheduler(optimizer, Schedule.of(settings, loaders.iters_per_epoch, total))
     shared = model.shared_parameters() if settings.get("weighting") == "gradnorm" else []
-    step = TrainStep(wrap(model, settings, dist), family, optimizer, weighting, scheduler=scheduler,
-                     scaler=grad_scaler(settings.amp, dist.device), amp=settings.amp, device=dist.device, dist=dist,
-                     shared=shared)
+    step = TrainStep(
+        wrap(model, settings, dist),
+        family,
+        optimizer,
+        weighting,
+        scheduler=scheduler,
+        scaler=grad_scaler(settings.amp, dist.device),
+        amp=settings.amp,
+        device=dist.device,
+        dist=dist,
+        shared=shared,
+    )
     logger = RunLogger(settings.logdir, dist.is_main)
-    return Run(settings, family, dist, model, step, loaders, TrainState(schedule_total=total), logger,
-               Monitor(logger, settings, dist, optimizer), family.data_info(data.train), replaced)
+    return Run(
+        settings,
+        family,
+        dist,
+        model,
+        step,
+        loaders,
+        TrainState(schedule_total=total),
+        logger,
+        Monitor(logger, settings, dist, optimizer),
+        family.data_info(data.train),
+        replaced,
+    )
 
 
 def restore(run: Run, resume: dict[str, Any]) -> None:
@@ -291,15 +328,33 @@ def validate(run: Run, panels: list[np.ndarray] | None) -> dict[str, float]:
     """Precise BN (if asked), then the family's metrics on the validation split, on the unwrapped model."""
     s, model = run.settings, run.model
     if s.precise_bn:
-        recompute_bn_stats(model, run.loaders.bn_batches(run.state.epoch, s.precise_bn), run.dist.device, s.amp,
-                           s.channels_last, run.dist, run.family.inputs)
+        recompute_bn_stats(
+            model,
+            run.loaders.bn_batches(run.state.epoch, s.precise_bn),
+            run.dist.device,
+            s.amp,
+            s.channels_last,
+            run.dist,
+            run.family.inputs,
+        )
     model.eval()
-    return run.family.evaluate(model_fn(model, run.dist.device, s.amp, s.channels_last), run.loaders.val,
-                               run.dist.device, s.limit_batches, panels)
+    return run.family.evaluate(
+        model_fn(model, run.dist.device, s.amp, s.channels_last),
+        run.loaders.val,
+        run.dist.device,
+        s.limit_batches,
+        panels,
+    )
 
 
-def end_epoch(run: Run, result: EpochResult, metrics: dict[str, float], panels: list[np.ndarray],
-              fusion: dict[str, float], seconds: float) -> None:
+def end_epoch(
+    run: Run,
+    result: EpochResult,
+    metrics: dict[str, float],
+    panels: list[np.ndarray],
+    fusion: dict[str, float],
+    seconds: float,
+) -> None:
     """The epoch's score and best model, its scalars and log line, its checkpoints, its console summary."""
     state, logger = run.state, run.logger
     score = run.family.score(metrics)
@@ -308,15 +363,25 @@ def end_epoch(run: Run, result: EpochResult, metrics: dict[str, float], panels: 
     improved = score > state.best or not math.isfinite(state.best)
     if improved:
         state.best, state.best_metrics = score, metrics
-    train = {**{f"loss/{t}": v for t, v in result.losses.items()},
-             **{f"weight/{t}": v for t, v in result.weights.items()}}
+    train = {
+        **{f"loss/{t}": v for t, v in result.losses.items()},
+        **{f"weight/{t}": v for t, v in result.weights.items()},
+    }
     for head, values in (("train/", train), ("fusion/", fusion), ("val/", {**metrics, "score": score})):
         logger.scalars(values, state.epoch, head=head)
     for i, img in enumerate(panels):
         logger.image(f"val/example_{i}", img, state.epoch)
-    logger.epoch_line({"epoch": state.epoch, "iteration": state.iteration, "time_s": seconds,
-                       **{f"train/{k}": v for k, v in train.items()}, **{f"fusion/{k}": v for k, v in fusion.items()},
-                       **{f"val/{k}": v for k, v in metrics.items()}, "val/score": score})
+    logger.epoch_line(
+        {
+            "epoch": state.epoch,
+            "iteration": state.iteration,
+            "time_s": seconds,
+            **{f"train/{k}": v for k, v in train.items()},
+            **{f"fusion/{k}": v for k, v in fusion.items()},
+            **{f"val/{k}": v for k, v in metrics.items()},
+            "val/score": score,
+        }
+    )
     logger.flush()
     run.save()
     if improved:
@@ -325,8 +390,10 @@ def end_epoch(run: Run, result: EpochResult, metrics: dict[str, float], panels: 
         losses = "  ".join(f"{t} {v:.4f}" for t, v in result.losses.items())
         weights = "  ".join(f"{t} {v:.3f}" for t, v in result.weights.items())
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        log.info(f"epoch {state.epoch}/{run.settings.epochs} ({seconds:.0f} s)\n  train loss  {losses}   (weights "
-                 f"{weights})\n  val         {shown}\n  score {score:.4f}{'  (best so far)' if improved else ''}")
+        log.info(
+            f"epoch {state.epoch}/{run.settings.epochs} ({seconds:.0f} s)\n  train loss  {losses}   (weights "
+            f"{weights})\n  val         {shown}\n  score {score:.4f}{'  (best so far)' if improved else ''}"
+        )
     barrier()
 
 
@@ -334,8 +401,9 @@ def train(settings: Settings, family: Any, resume: dict[str, Any] | None) -> int
     """Train a run to ``settings.epochs``; returns the process exit code."""
     # -- set up
     if resume is not None and "train_state" not in resume:
-        raise UserError(f"--resume {settings.resume}: written by an older version of this project (no train_state); "
-                        "start a new run")
+        raise UserError(
+            f"--resume {settings.resume}: written by an older version of this project (no train_state); start a new run"
+        )
     run = setup(settings, family, resume)
     # -- resume
     if resume is not None:

@@ -58,11 +58,18 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
     return (image.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def pixel_panel(image: torch.Tensor, seg_true: np.ndarray, seg_pred: np.ndarray,
-                depth_true: np.ndarray, depth_pred: np.ndarray) -> np.ndarray:
+def pixel_panel(
+    image: torch.Tensor, seg_true: np.ndarray, seg_pred: np.ndarray, depth_true: np.ndarray, depth_pred: np.ndarray
+) -> np.ndarray:
     """One row: input | seg truth | seg prediction | depth truth | depth prediction, (H, 5W, 3)."""
     vmax = float(max(depth_true.max(), 1e-3))
-    return np.concatenate([
-        denormalize(image), color_seg(seg_true), color_seg(seg_pred),
-        color_depth(depth_true, vmax), color_depth(depth_pred, vmax),
-    ], axis=1)
+    return np.concatenate(
+        [
+            denormalize(image),
+            color_seg(seg_true),
+            color_seg(seg_pred),
+            color_depth(depth_true, vmax),
+            color_depth(depth_pred, vmax),
+        ],
+        axis=1,
+    )

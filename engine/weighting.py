@@ -248,8 +248,9 @@ class GradNorm(LossWeighting):
         if not torch.is_grad_enabled():
             return weighted
         if shared is None:
-            raise ValueError("GradNorm needs the shared parameters: call combine(losses, shared=[last shared "
-                             "layer's parameters])")
+            raise ValueError(
+                "GradNorm needs the shared parameters: call combine(losses, shared=[last shared layer's parameters])"
+            )
         shared = list(shared)
         if not shared:
             raise ValueError("GradNorm needs at least one shared parameter, got an empty list")
@@ -286,8 +287,13 @@ class GradNorm(LossWeighting):
         w.mul_(self.num_tasks / w.sum())
 
 
-def build_weighting(name: str, tasks: Sequence[str], *, dwa_temp: float = DEFAULT_DWA_TEMP,
-                    gradnorm_alpha: float = DEFAULT_GRADNORM_ALPHA) -> LossWeighting:
+def build_weighting(
+    name: str,
+    tasks: Sequence[str],
+    *,
+    dwa_temp: float = DEFAULT_DWA_TEMP,
+    gradnorm_alpha: float = DEFAULT_GRADNORM_ALPHA,
+) -> LossWeighting:
     """The loss weighting ``name`` (one of WEIGHTINGS) for ``tasks``; hyperparameters not used by
     ``name`` are ignored."""
     if name == "equal":

@@ -1,7 +1,7 @@
 """The task families (families/base.py says what a family answers) and the one table of them.
 
-    from families import family
-    fam = family("pixel")            # PixelFamily; a checkpoint's model_config['kind'] picks it
+from families import family
+fam = family("pixel")            # PixelFamily; a checkpoint's model_config['kind'] picks it
 """
 
 from __future__ import annotations
@@ -22,8 +22,19 @@ from .series import SeriesFamily
 
 FAMILIES: dict[str, type[Family]] = {f.kind: f for f in (PixelFamily, ImageFamily, SeriesFamily)}
 
-__all__ = ["FAMILIES", "Datasets", "Family", "ImageFamily", "PixelFamily", "Protocol", "SeriesFamily", "family",
-           "hub_entries", "load_model", "protocols"]
+__all__ = [
+    "FAMILIES",
+    "Datasets",
+    "Family",
+    "ImageFamily",
+    "PixelFamily",
+    "Protocol",
+    "SeriesFamily",
+    "family",
+    "hub_entries",
+    "load_model",
+    "protocols",
+]
 
 
 def family(kind: str) -> type[Family]:
@@ -56,12 +67,17 @@ def load_model(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
         cfg = model.config.to_dict()
         fam = family(cfg["kind"])
         data = config.get("data") or {}
-        return model, {"model_config": cfg, "data": data,
-                       "preprocessing": config.get("preprocessing") or fam.preprocessing(cfg, data),
-                       "labels": config.get("labels") or fam.labels(cfg, data)}
+        return model, {
+            "model_config": cfg,
+            "data": data,
+            "preprocessing": config.get("preprocessing") or fam.preprocessing(cfg, data),
+            "labels": config.get("labels") or fam.labels(cfg, data),
+        }
     if Path(path).is_dir():
-        raise CheckpointError(f"{path}: a folder without {CONFIG_NAME} (expected a checkpoint file or a folder "
-                              f"written by python -m tools.export)")
+        raise CheckpointError(
+            f"{path}: a folder without {CONFIG_NAME} (expected a checkpoint file or a folder "
+            f"written by python -m tools.export)"
+        )
     ck = load_checkpoint(path)
     if "model_config" not in ck:
         raise CheckpointError(f"checkpoint {path}: no model_config entry (not written by this project)")
@@ -76,9 +92,14 @@ def load_model(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
         detail = " ".join(str(e).split())
         raise CheckpointError(f"checkpoint {path}: weights do not fit its model_config ({detail})") from None
     cfg, data = model.config.to_dict(), ck.get("data") or {}
-    return model.eval(), {"model_config": cfg, "data": data, "preprocessing": fam.preprocessing(cfg, data),
-                          "labels": fam.labels(cfg, data), "epoch": ck.get("epoch"),
-                          "best_metrics": ck.get("best_metrics")}
+    return model.eval(), {
+        "model_config": cfg,
+        "data": data,
+        "preprocessing": fam.preprocessing(cfg, data),
+        "labels": fam.labels(cfg, data),
+        "epoch": ck.get("epoch"),
+        "best_metrics": ck.get("best_metrics"),
+    }
 
 
 def hub_entries() -> dict[str, Callable[..., Any]]:
@@ -87,13 +108,12 @@ def hub_entries() -> dict[str, Callable[..., Any]]:
     untrained network from ``options`` (build_model's)."""
     entries = {}
     for fam in FAMILIES.values():
-        def entry(weights: str | None = None, map_location: str = "cpu", _kind: str = fam.kind,
-                  **options: Any) -> Any:
+
+        def entry(weights: str | None = None, map_location: str = "cpu", _kind: str = fam.kind, **options: Any) -> Any:
             if weights is None:  # the paper's network of the kind unless options say otherwise
                 return build_model(_kind, **options).eval()
             if options:
-                raise TypeError(f"options {sorted(options)} apply to weights=None only; the released config "
-                                "fixes them")
+                raise TypeError(f"options {sorted(options)} apply to weights=None only; the released config fixes them")
             found = read_config(weights)["model_config"]["kind"]
             if found != _kind:
                 raise PretrainedError(f"{weights}: holds a {found} network; use {FAMILIES[found].hub_entry}")

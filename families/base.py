@@ -153,8 +153,14 @@ class Family:
         """{task: scalar loss} of a batch (unweighted; the loss weighting combines them)."""
         raise NotImplementedError
 
-    def evaluate(self, model_fn: ModelFn, loader: Iterable, device: torch.device, limit: int | None = None,
-                 panels: list | None = None) -> dict[str, float]:
+    def evaluate(
+        self,
+        model_fn: ModelFn,
+        loader: Iterable,
+        device: torch.device,
+        limit: int | None = None,
+        panels: list | None = None,
+    ) -> dict[str, float]:
         """Validation metrics pooled over the loader (reduced over ranks); when ``panels`` is a list,
         example pictures (H, W, 3) are appended to it."""
         raise NotImplementedError
@@ -169,8 +175,9 @@ class Family:
 
     # -- eval.py -------------------------------------------------------------------------------
 
-    def test(self, model_fn: ModelFn, model_config: Mapping[str, Any], args: argparse.Namespace,
-             device: torch.device) -> dict[str, float]:
+    def test(
+        self, model_fn: ModelFn, model_config: Mapping[str, Any], args: argparse.Namespace, device: torch.device
+    ) -> dict[str, float]:
         """Metrics on the test split of ``self.settings.data_root``; writes what eval.py's flags ask for
         (predictions, plots). ``args``: eval.py's arguments."""
         raise NotImplementedError
@@ -188,16 +195,21 @@ class Family:
         return {}
 
     @classmethod
-    def predict(cls, model_fn: ModelFn, info: Mapping[str, Any], reader: Iterable, args: argparse.Namespace,
-                device: torch.device) -> None:
+    def predict(
+        cls,
+        model_fn: ModelFn,
+        info: Mapping[str, Any],
+        reader: Iterable,
+        args: argparse.Namespace,
+        device: torch.device,
+    ) -> None:
         """Predict every (path, uint8 image) of ``reader`` and write the family's files into args.out."""
         raise NotImplementedError
 
     # -- bench.py and the demo -----------------------------------------------------------------
 
     @classmethod
-    def random_batch(cls, model_config: Mapping[str, Any], batch: int, generator: torch.Generator
-                     ) -> dict[str, Tensor]:
+    def random_batch(cls, model_config: Mapping[str, Any], batch: int, generator: torch.Generator) -> dict[str, Tensor]:
         """A training batch of random inputs at the model's input size and valid random targets."""
         raise NotImplementedError
 

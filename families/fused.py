@@ -18,10 +18,21 @@ class FusedFamily(Family):
     """Base of the families whose networks are ``models.MultiTaskNet``."""
 
     fusions: ClassVar[tuple[str, ...]] = FUSIONS
-    fusion_help: ClassVar[str] = ("none = stage 1 (single-task pair); shared (hard sharing, from ImageNet); "
-                                  "cross_stitch, nddr, afa = stage 2 (docs/networks.md)")
-    arg_groups: ClassVar[tuple[str, ...]] = ("data", "holdout", "model", "fusion", "stages", "weighting",
-                                             "optimisation", "hardware", "run")
+    fusion_help: ClassVar[str] = (
+        "none = stage 1 (single-task pair); shared (hard sharing, from ImageNet); "
+        "cross_stitch, nddr, afa = stage 2 (docs/networks.md)"
+    )
+    arg_groups: ClassVar[tuple[str, ...]] = (
+        "data",
+        "holdout",
+        "model",
+        "fusion",
+        "stages",
+        "weighting",
+        "optimisation",
+        "hardware",
+        "run",
+    )
 
     def tasks(self, train: Dataset) -> dict[str, int]:
         """{task: output channels}, in branch order (task 1 first)."""
@@ -29,10 +40,20 @@ class FusedFamily(Family):
 
     def model_config(self, train: Dataset) -> dict[str, Any]:
         s = self.settings
-        return ModelConfig(kind=self.kind, fusion=s.fusion, grad_mode=s.grad_mode, tasks=self.tasks(train),
-                           input_size=s.crop_size, tau=s.tau, protect_tasks=s.protect_tasks, fusion_at=s.fusion_at,
-                           fusion_init=s.fusion_init, afa_relation=s.afa_relation, **self.model_options(),
-                           **({"depths": s.depths} if s.depths else {})).to_dict()
+        return ModelConfig(
+            kind=self.kind,
+            fusion=s.fusion,
+            grad_mode=s.grad_mode,
+            tasks=self.tasks(train),
+            input_size=s.crop_size,
+            tau=s.tau,
+            protect_tasks=s.protect_tasks,
+            fusion_at=s.fusion_at,
+            fusion_init=s.fusion_init,
+            afa_relation=s.afa_relation,
+            **self.model_options(),
+            **({"depths": s.depths} if s.depths else {}),
+        ).to_dict()
 
     @classmethod
     def run_name(cls, settings: Settings) -> str:

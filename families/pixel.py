@@ -28,7 +28,15 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from data import Cityscapes, DataError, NYUv2, PixelEvalTransform, PixelTrainTransform, normalize, sliding_window_predict
+from data import (
+    Cityscapes,
+    DataError,
+    NYUv2,
+    PixelEvalTransform,
+    PixelTrainTransform,
+    normalize,
+    sliding_window_predict,
+)
 from data.cityscapes_labels import CATEGORY_NAMES_7, CLASS_NAMES_19
 from data.nyuv2_tables import CLASS_NAMES_13, CLASS_NAMES_40
 from data.prepare_nyuv2 import prepare_nyuv2
@@ -56,13 +64,21 @@ TASK_SCORES = {"seg": "seg/miou", "depth": "depth/delta1", "normal": "normal/a30
 
 
 def _nyuv2(s: Settings, split: str, transform: Any = None) -> NYUv2:
-    return NYUv2(s.data_root, split, transform, val_fraction=s.val_fraction, val_seed=VAL_SEED,
-                 seg_classes=s.seg_classes)
+    return NYUv2(
+        s.data_root, split, transform, val_fraction=s.val_fraction, val_seed=VAL_SEED, seg_classes=s.seg_classes
+    )
 
 
 def _cityscapes(s: Settings, split: str, transform: Any = None) -> Cityscapes:
-    return Cityscapes(s.data_root, split, transform, seg_classes=s.seg_classes or 19, target=s.cityscapes_target,
-                      val_fraction=s.val_fraction, val_seed=VAL_SEED)
+    return Cityscapes(
+        s.data_root,
+        split,
+        transform,
+        seg_classes=s.seg_classes or 19,
+        target=s.cityscapes_target,
+        val_fraction=s.val_fraction,
+        val_seed=VAL_SEED,
+    )
 
 
 # --dataset -> its reader, from the run's settings
@@ -70,8 +86,14 @@ READERS = {"nyuv2": _nyuv2, "cityscapes": _cityscapes}
 
 
 @torch.no_grad()
-def predict_frames(model_fn: ModelFn, loader: Iterable, crop_size: int | list[int], tasks: list[str],
-                   device: torch.device, limit: int | None = None) -> Iterator[tuple[dict[str, Any], dict[str, Tensor]]]:
+def predict_frames(
+    model_fn: ModelFn,
+    loader: Iterable,
+    crop_size: int | list[int],
+    tasks: list[str],
+    device: torch.device,
+    limit: int | None = None,
+) -> Iterator[tuple[dict[str, Any], dict[str, Tensor]]]:
     """Full-resolution predictions (sliding windows, see data.transforms): yields (batch, {task: prediction}),
     seg (B, H, W) class ids, depth (B, H, W), normal (B, 3, H, W) unit vectors.
 
@@ -86,10 +108,19 @@ def predict_frames(model_fn: ModelFn, loader: Iterable, crop_size: int | list[in
         yield batch, {t: PIXEL_TASKS[t].decode(torch.cat([p[t] for p in parts])) for t in tasks}
 
 
-def evaluate_frames(model_fn: ModelFn, loader: Iterable, device: torch.device, limit: int | None,
-                    tasks: list[str], num_classes: int, crop_size: int | list[int],
-                    panels: list[np.ndarray] | None = None, max_panels: int = 2, on_sample=None,
-                    meters: dict[str, Any] | None = None) -> dict[str, float]:
+def evaluate_frames(
+    model_fn: ModelFn,
+    loader: Iterable,
+    device: torch.device,
+    limit: int | None,
+    tasks: list[str],
+    num_classes: int,
+    crop_size: int | list[int],
+    panels: list[np.ndarray] | None = None,
+    max_panels: int = 2,
+    on_sample=None,
+    meters: dict[str, Any] | None = None,
+) -> dict[str, float]:
     """Pooled metrics of every task; if ``panels`` is a list, the first samples' pictures (input, then truth and
     prediction of every task, half size) are appended to it on the way; ``on_sample(index, {task: array})``
     receives each sample's predictions exactly as the metrics saw them; ``meters``: empty meters to
@@ -132,46 +163,89 @@ class PixelFamily(FusedFamily):
     """Dense tasks (segmentation, depth or disparity, surface normals) on NYUv2 or Cityscapes, DeepLabv3+."""
 
     kind = "pixel"
-    description = ("Train AFA pixel networks: NYUv2 (segmentation, depth, normals) or Cityscapes (segmentation, "
-                   "disparity), DeepLabv3+ branches")
+    description = (
+        "Train AFA pixel networks: NYUv2 (segmentation, depth, normals) or Cityscapes (segmentation, "
+        "disparity), DeepLabv3+ branches"
+    )
     script = "train_pixel.py"
     # The reference recipe: SGD momentum 0.9, poly schedule; ASPP and decoders at 10x the backbone rate.
-    defaults: ClassVar[dict[str, Any]] = dict(crop_size=300, epochs=60, batch_size=8, lr=0.007, weight_decay=1e-4,
-                                              schedule="poly")
+    defaults: ClassVar[dict[str, Any]] = dict(
+        crop_size=300, epochs=60, batch_size=8, lr=0.007, weight_decay=1e-4, schedule="poly"
+    )
     eval_options = ("per_class",)
     predict_options = ("overlay", "native_scale")
     protocols = (
-        Protocol("nyuv2", "train_pixel.py", ("none", "shared", "cross_stitch", "nddr", "afa"), seeds=(0, 1, 2),
-                 per_class=True, task_flag="--tasks"),
+        Protocol(
+            "nyuv2",
+            "train_pixel.py",
+            ("none", "shared", "cross_stitch", "nddr", "afa"),
+            seeds=(0, 1, 2),
+            per_class=True,
+            task_flag="--tasks",
+        ),
         # the multi-task papers' setting: MTAN's 128 x 256 frames, 7 classes and disparity
-        Protocol("cityscapes", "train_pixel.py", ("none", "shared", "cross_stitch", "nddr", "afa"), seeds=(0, 1, 2),
-                 per_class=True, script_args=("--dataset", "cityscapes", "--seg-classes", "7", "--crop-size", "128",
-                                              "256")),
+        Protocol(
+            "cityscapes",
+            "train_pixel.py",
+            ("none", "shared", "cross_stitch", "nddr", "afa"),
+            seeds=(0, 1, 2),
+            per_class=True,
+            script_args=("--dataset", "cityscapes", "--seg-classes", "7", "--crop-size", "128", "256"),
+        ),
     )
     hub_entry = "afanet_pixel"
-    hub_doc = ("Pixel network (DeepLabv3+ branches): e.g. NYUv2 segmentation + depth in metres, or + surface "
-               "normals, in eval mode.")
+    hub_doc = (
+        "Pixel network (DeepLabv3+ branches): e.g. NYUv2 segmentation + depth in metres, or + surface "
+        "normals, in eval mode."
+    )
     eval_batch_size = 2  # full frames, each split into windows
     non_square_inputs = True
 
     @classmethod
     def add_args(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--dataset", choices=tuple(READERS), default="nyuv2",
-                           help="nyuv2 (official prepared folder or MTAN folder) or cityscapes (official layout or "
-                                "MTAN folder) (docs/data.md)")
-        group.add_argument("--tasks", nargs="+", choices=tuple(PIXEL_TASKS), default=None, metavar="TASK",
-                           help="the tasks in branch order, task 1 first, from what the dataset has (NYUv2: seg depth "
-                                "normal, normals in the MTAN folder only; Cityscapes: seg depth); default seg depth")
-        group.add_argument("--seg-classes", type=int, choices=(40, 13, 19, 7), default=None,
-                           help="NYUv2: 40 or 13 (default: the folder's, 40 official, 13 MTAN); Cityscapes: 19 trainIds "
-                                "or 7 categories (default 19)")
-        group.add_argument("--depth-loss", choices=DEPTH_LOSSES, default="berhu",
-                           help="depth (disparity) loss on valid pixels (ground truth > 0)")
-        group.add_argument("--normal-loss", choices=NORMAL_LOSSES, default="cos",
-                           help="normal loss on valid pixels: cos = 1 - cosine (MTAN, LibMTL), l1 (Auto-Lambda)")
-        group.add_argument("--cityscapes-target", choices=CITYSCAPES_TARGETS, default="disparity",
-                           help="Cityscapes' depth task: disparity (the multi-task papers') or metric depth from the "
-                                "camera files (official layout only)")
+        group.add_argument(
+            "--dataset",
+            choices=tuple(READERS),
+            default="nyuv2",
+            help="nyuv2 (official prepared folder or MTAN folder) or cityscapes (official layout or "
+            "MTAN folder) (docs/data.md)",
+        )
+        group.add_argument(
+            "--tasks",
+            nargs="+",
+            choices=tuple(PIXEL_TASKS),
+            default=None,
+            metavar="TASK",
+            help="the tasks in branch order, task 1 first, from what the dataset has (NYUv2: seg depth "
+            "normal, normals in the MTAN folder only; Cityscapes: seg depth); default seg depth",
+        )
+        group.add_argument(
+            "--seg-classes",
+            type=int,
+            choices=(40, 13, 19, 7),
+            default=None,
+            help="NYUv2: 40 or 13 (default: the folder's, 40 official, 13 MTAN); Cityscapes: 19 trainIds "
+            "or 7 categories (default 19)",
+        )
+        group.add_argument(
+            "--depth-loss",
+            choices=DEPTH_LOSSES,
+            default="berhu",
+            help="depth (disparity) loss on valid pixels (ground truth > 0)",
+        )
+        group.add_argument(
+            "--normal-loss",
+            choices=NORMAL_LOSSES,
+            default="cos",
+            help="normal loss on valid pixels: cos = 1 - cosine (MTAN, LibMTL), l1 (Auto-Lambda)",
+        )
+        group.add_argument(
+            "--cityscapes-target",
+            choices=CITYSCAPES_TARGETS,
+            default="disparity",
+            help="Cityscapes' depth task: disparity (the multi-task papers') or metric depth from the "
+            "camera files (official layout only)",
+        )
 
     # -- the run's data and tasks ---------------------------------------------------------------
 
@@ -192,9 +266,12 @@ class PixelFamily(FusedFamily):
         missing = [t for t in names if t not in have]
         if missing or len(set(names)) != len(names):
             what = "surface normals (only NYUv2's MTAN folder has them)" if "normal" in missing else ", ".join(missing)
-            raise DataError(f"--tasks {' '.join(names)}: {self.settings.data_root} ({self.settings.dataset}) has no "
-                            f"{what}; its tasks: {' '.join(have)}" if missing else
-                            f"--tasks {' '.join(names)}: a task named twice")
+            raise DataError(
+                f"--tasks {' '.join(names)}: {self.settings.data_root} ({self.settings.dataset}) has no "
+                f"{what}; its tasks: {' '.join(have)}"
+                if missing
+                else f"--tasks {' '.join(names)}: a task named twice"
+            )
         return names
 
     @property
@@ -207,8 +284,12 @@ class PixelFamily(FusedFamily):
         self.task_names  # noqa: B018 (checks --tasks against the data before anything is built)
         crop = self.settings.crop_size
         disparity = getattr(self.test_set, "target", None) == "disparity"
-        return Datasets(self.open("train_noval"), self.open("val"), PixelTrainTransform(crop, disparity=disparity),
-                        PixelEvalTransform(crop))
+        return Datasets(
+            self.open("train_noval"),
+            self.open("val"),
+            PixelTrainTransform(crop, disparity=disparity),
+            PixelEvalTransform(crop),
+        )
 
     def tasks(self, train: Dataset) -> dict[str, int]:
         return {t: PIXEL_TASKS[t].channels(train) for t in self.task_names}
@@ -219,17 +300,27 @@ class PixelFamily(FusedFamily):
     def data_info(self, train: Dataset) -> dict[str, Any]:
         height, width = train[0]["image"].shape[-2:]
         target = getattr(train, "target", "depth")
-        units = {"depth": "metres" if target == "depth" else
-                 f"disparity in pixels of an image {train.disparity_width} px wide", "normal": "unit vectors"}
-        return {"dataset": self.settings.dataset, "layout": train.layout, "frame_size": [int(height), int(width)],
-                "labels": {"seg": list(train.class_names)}, "units": {t: units[t] for t in self.task_names if t in units}}
+        units = {
+            "depth": "metres"
+            if target == "depth"
+            else f"disparity in pixels of an image {train.disparity_width} px wide",
+            "normal": "unit vectors",
+        }
+        return {
+            "dataset": self.settings.dataset,
+            "layout": train.layout,
+            "frame_size": [int(height), int(width)],
+            "labels": {"seg": list(train.class_names)},
+            "units": {t: units[t] for t in self.task_names if t in units},
+        }
 
     def losses(self, out: Mapping[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
         return pixel_losses(out, batch, self.settings.depth_loss, self.settings.normal_loss)
 
     def evaluate(self, model_fn, loader, device, limit=None, panels=None) -> dict[str, float]:
-        return evaluate_frames(model_fn, loader, device, limit, self.task_names, self.num_classes,
-                               self.settings.crop_size, panels)
+        return evaluate_frames(
+            model_fn, loader, device, limit, self.task_names, self.num_classes, self.settings.crop_size, panels
+        )
 
     @classmethod
     def score(cls, metrics: Mapping[str, float]) -> float:
@@ -242,19 +333,24 @@ class PixelFamily(FusedFamily):
 
     # -- eval.py -------------------------------------------------------------------------------
 
-    def test(self, model_fn: ModelFn, model_config: Mapping[str, Any], args: argparse.Namespace,
-             device: torch.device) -> dict[str, float]:
+    def test(
+        self, model_fn: ModelFn, model_config: Mapping[str, Any], args: argparse.Namespace, device: torch.device
+    ) -> dict[str, float]:
         """The test split at label resolution; ``--save-predictions``: <index>.npz with an array per task (seg,
         depth, normal (3, H, W)); ``--per-class``: {class name: IoU}; ``--plot``: a qualitative grid."""
         size, tasks = model_config["input_size"], list(model_config["tasks"])
         dataset = self.open("test", PixelEvalTransform(size))
         if "seg" in tasks and dataset.num_classes != model_config["tasks"]["seg"]:
-            raise DataError(f"{self.settings.data_root}: {dataset.num_classes}-class labels, but the checkpoint "
-                            f"predicts {model_config['tasks']['seg']} classes")
+            raise DataError(
+                f"{self.settings.data_root}: {dataset.num_classes}-class labels, but the checkpoint "
+                f"predicts {model_config['tasks']['seg']} classes"
+            )
         missing = [t for t in tasks if t not in dataset.tasks]
         if missing:
-            raise DataError(f"{self.settings.data_root}: no {', '.join(missing)} ground truth for the checkpoint's "
-                            f"tasks {' '.join(tasks)}")
+            raise DataError(
+                f"{self.settings.data_root}: no {', '.join(missing)} ground truth for the checkpoint's "
+                f"tasks {' '.join(tasks)}"
+            )
         loader = DataLoader(dataset, batch_size=args.batch_size or self.eval_batch_size, num_workers=args.workers)
         out_dir = Path(args.save_predictions) if args.save_predictions else None
         if out_dir:
@@ -265,14 +361,25 @@ class PixelFamily(FusedFamily):
 
         panels: list[np.ndarray] = []
         meters = {t: PIXEL_TASKS[t].meter(dataset.num_classes, device) for t in tasks}
-        metrics = evaluate_frames(model_fn, loader, device, args.limit_batches, tasks, dataset.num_classes, size,
-                                  panels if args.plot else None, max_panels=4, on_sample=save if out_dir else None,
-                                  meters=meters)
+        metrics = evaluate_frames(
+            model_fn,
+            loader,
+            device,
+            args.limit_batches,
+            tasks,
+            dataset.num_classes,
+            size,
+            panels if args.plot else None,
+            max_panels=4,
+            on_sample=save if out_dir else None,
+            meters=meters,
+        )
         if args.per_class:
             if "seg" not in meters:
                 raise DataError(f"--per-class: the checkpoint has no segmentation task ({' '.join(tasks)})")
-            iou = {name: (None if math.isnan(v) else v)
-                   for name, v in zip(dataset.class_names, meters["seg"].class_iou())}
+            iou = {
+                name: (None if math.isnan(v) else v) for name, v in zip(dataset.class_names, meters["seg"].class_iou())
+            }
             Path(args.per_class).parent.mkdir(parents=True, exist_ok=True)
             Path(args.per_class).write_text(json.dumps(iou, indent=2))
             print(f"wrote {args.per_class}")
@@ -287,14 +394,20 @@ class PixelFamily(FusedFamily):
     def preprocessing(cls, model_config: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
         size = model_config["input_size"]
         (h, w), (sh, sw) = hw(size), window_strides(size)
-        pre: dict[str, Any] = {"input_size": size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                               "scale": "RGB uint8 / 255, then (x - mean) / std",
-                               "windows": f"the image is covered by {h} x {w} windows (strides {sh}, {sw}) and every "
-                                          "output is averaged over the windows covering a pixel (data/transforms.py)"}
+        pre: dict[str, Any] = {
+            "input_size": size,
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "scale": "RGB uint8 / 255, then (x - mean) / std",
+            "windows": f"the image is covered by {h} x {w} windows (strides {sh}, {sw}) and every "
+            "output is averaged over the windows covering a pixel (data/transforms.py)",
+        }
         if data.get("frame_size"):
             pre["frame_size"] = list(data["frame_size"])
-            pre["resize"] = (f"shorter side to {min(data['frame_size'])} px (the training frames) before the "
-                             "windows, outputs brought back to the photo's size")
+            pre["resize"] = (
+                f"shorter side to {min(data['frame_size'])} px (the training frames) before the "
+                "windows, outputs brought back to the photo's size"
+            )
         return pre
 
     @classmethod
@@ -310,8 +423,14 @@ class PixelFamily(FusedFamily):
         return {"seg": list(tables[0]) if tables else [f"class_{k}" for k in range(channels)]}
 
     @classmethod
-    def predict(cls, model_fn: ModelFn, info: Mapping[str, Any], reader: Iterable, args: argparse.Namespace,
-                device: torch.device) -> None:
+    def predict(
+        cls,
+        model_fn: ModelFn,
+        info: Mapping[str, Any],
+        reader: Iterable,
+        args: argparse.Namespace,
+        device: torch.device,
+    ) -> None:
         """Per image: OUT/<name>.npz with an array per task (seg (H, W) int64 class ids, depth (H, W) float32,
         normal (3, H, W) float32 unit vectors), <name>_<task>.png (seg: palette, pixel value = class id; depth:
         viridis; normal: RGB = (n + 1) / 2), with --overlay <name>_overlay.png; labels.json.
@@ -322,19 +441,26 @@ class PixelFamily(FusedFamily):
         size, tasks = pre["input_size"], list(config["tasks"])
         frame = None if args.native_scale else pre.get("frame_size")
         if config["tasks"].get("seg", 0) > 256:
-            print("warning: more than 256 classes: <name>_seg.png holds ids modulo 256 (the .npz holds them all)",
-                  file=sys.stderr)
+            print(
+                "warning: more than 256 classes: <name>_seg.png holds ids modulo 256 (the .npz holds them all)",
+                file=sys.stderr,
+            )
         names = UniqueNames()
         single = len(getattr(reader, "files", ())) == 1  # a bar over the windows; several photos: predict.py's bar
         for path, image in reader:
             height, width = image.shape[-2:]
             work = image if frame is None else resize_shorter_side(image, min(frame))
             x = normalize(work)[None].to(device)  # (1, 3, h, w), as eval.py's DataLoader gives the transform's output
-            with tqdm(total=count_windows(*work.shape[-2:], size), unit="window", leave=False, file=sys.stderr,
-                      desc=path.name, disable=not single) as bar:
+            with tqdm(
+                total=count_windows(*work.shape[-2:], size),
+                unit="window",
+                leave=False,
+                file=sys.stderr,
+                desc=path.name,
+                disable=not single,
+            ) as bar:
                 outputs = sliding_window_predict(model_fn, x, size, on_window=lambda: bar.update(1))
-            arrays = {t: sample_arrays(PIXEL_TASKS[t].at_size(outputs[t][0], (height, width))[None])[0]
-                      for t in tasks}
+            arrays = {t: sample_arrays(PIXEL_TASKS[t].at_size(outputs[t][0], (height, width))[None])[0] for t in tasks}
             name = names(path)
             np.savez(out / f"{name}.npz", **arrays)
             for t, array in arrays.items():
@@ -352,8 +478,7 @@ class PixelFamily(FusedFamily):
     # -- bench.py and the demo -----------------------------------------------------------------
 
     @classmethod
-    def random_batch(cls, model_config: Mapping[str, Any], batch: int, generator: torch.Generator
-                     ) -> dict[str, Tensor]:
+    def random_batch(cls, model_config: Mapping[str, Any], batch: int, generator: torch.Generator) -> dict[str, Tensor]:
         """Images (B, 3, h, w) and a valid random target of every task (some pixels without ground truth)."""
         h, w = hw(model_config["input_size"])
         out = {"image": torch.randn(batch, 3, h, w, generator=generator)}
@@ -410,4 +535,3 @@ def resize_shorter_side(image: Tensor, side: int) -> Tensor:
     scale = side / min(height, width)
     size = [max(1, round(height * scale)), max(1, round(width * scale))]
     return TF.resize(image, size, InterpolationMode.BILINEAR, antialias=True)
-

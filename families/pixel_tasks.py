@@ -205,8 +205,11 @@ class Depth(PixelTask):
         info = PngInfo()
         info.add_text("depth_min_m", "0")
         info.add_text("depth_max_m", f"{vmax:.6g}")
-        info.add_text("colormap", "viridis, 0 = dark purple, depth_max_m = yellow; <= 0 black (depth_max_m is in "
-                                  "the unit of labels.json: metres, or disparity pixels)")
+        info.add_text(
+            "colormap",
+            "viridis, 0 = dark purple, depth_max_m = yellow; <= 0 black (depth_max_m is in "
+            "the unit of labels.json: metres, or disparity pixels)",
+        )
         return Image.fromarray(depth_rgb8(prediction, vmax)), info
 
     @classmethod

@@ -8,7 +8,18 @@ from .reference import convert_reference_state_dict, to_reference_state_dict
 from .series import SeriesConfig, SeriesNet
 
 __all__ = [
-    "AFALayer", "CAM", "SAM", "ARCHITECTURES", "ModelConfig", "MultiTaskNet", "build_model", "init_from_stage1",
-    "model_from_config", "convert_reference_state_dict", "to_reference_state_dict",
-    "from_pretrained", "SeriesConfig", "SeriesNet",
+    "AFALayer",
+    "CAM",
+    "SAM",
+    "ARCHITECTURES",
+    "ModelConfig",
+    "MultiTaskNet",
+    "build_model",
+    "init_from_stage1",
+    "model_from_config",
+    "convert_reference_state_dict",
+    "to_reference_state_dict",
+    "from_pretrained",
+    "SeriesConfig",
+    "SeriesNet",
 ]

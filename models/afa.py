@@ -116,8 +116,12 @@ class _Aggregation(nn.Module):
         if relation == "pairwise":
             # W_tu for every ordered pair, positions as keys: "pair.<t>.<u>"; initialised from the tied maps by
             # ``tie_pairwise_`` once the tied maps hold their values (init_afa_ does it).
-            self.pair = nn.ModuleDict({str(t): nn.ModuleDict({str(u): nn.Linear(features, outputs, bias=False)
-                                                              for u in range(num_tasks)}) for t in range(num_tasks)})
+            self.pair = nn.ModuleDict(
+                {
+                    str(t): nn.ModuleDict({str(u): nn.Linear(features, outputs, bias=False) for u in range(num_tasks)})
+                    for t in range(num_tasks)
+                }
+            )
         _add_self_prior(self, self_prior)
 
     def hidden(self, xs: Sequence[Tensor]) -> Tensor:
@@ -178,8 +182,15 @@ class CAM(_Aggregation):
         self_prior: start leaning towards a branch's own features (fusion_init='self').
     """
 
-    def __init__(self, channels: int, num_tasks: int = 2, relation: str = "tied", reduction: int = 16,
-                 min_hidden: int = 32, self_prior: bool = False) -> None:
+    def __init__(
+        self,
+        channels: int,
+        num_tasks: int = 2,
+        relation: str = "tied",
+        reduction: int = 16,
+        min_hidden: int = 32,
+        self_prior: bool = False,
+    ) -> None:
         super().__init__(num_tasks, relation)
         hidden = max(num_tasks * channels // reduction, min_hidden)
         self.reduce = nn.Linear(num_tasks * channels, hidden, bias=False)  # reference: fc
@@ -210,8 +221,15 @@ class SAM(_Aggregation):
         self_prior: start leaning towards a branch's own features (fusion_init='self').
     """
 
-    def __init__(self, size: tuple[int, int], stride: int = 1, kernel_size: int = 7, num_tasks: int = 2,
-                 relation: str = "tied", self_prior: bool = False) -> None:
+    def __init__(
+        self,
+        size: tuple[int, int],
+        stride: int = 1,
+        kernel_size: int = 7,
+        num_tasks: int = 2,
+        relation: str = "tied",
+        self_prior: bool = False,
+    ) -> None:
         super().__init__(num_tasks, relation)
         self.size = (int(size[0]), int(size[1]))
         self.stride = stride
@@ -355,8 +373,10 @@ class AFALayer(TaskFusion):
         else:
             count = None
             if self._recording:
+
                 def count(t: int, use_pre: Tensor) -> None:
                     self._record(f"fallback/{self.tasks[t]}", use_pre.float())
+
             switch = _GradSwitch(self.tau, count)
             ys = self._apply_module(name, [_ChooseGradient.apply(x, switch, t) for t, x in enumerate(xs)])
             ys = [_CapturePreFusion.apply(y, switch, t) for t, y in enumerate(ys)]

@@ -119,8 +119,11 @@ def load_trunk_weights(trunk: Trunk, state_dict: Mapping[str, Tensor]) -> list[s
     """
     own = trunk.state_dict()
     missing = [k for k in own if k not in state_dict]
-    wrong = [f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
-             if k in state_dict and state_dict[k].shape != v.shape]
+    wrong = [
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
     if missing or wrong:
         raise ValueError(
             "not a torchvision ResNet-50 state dict: "

@@ -66,16 +66,20 @@ def resolve_points(fusion: str, fusion_at: Sequence[str] | None, depths: Sequenc
     """
     if fusion in ("none", "shared"):
         if fusion_at:
-            raise ValueError(f"fusion {fusion!r} has no fusion points; fusion_at={list(fusion_at)} needs a fusion "
-                             f"method (cross_stitch, nddr, afa)")
+            raise ValueError(
+                f"fusion {fusion!r} has no fusion points; fusion_at={list(fusion_at)} needs a fusion "
+                f"method (cross_stitch, nddr, afa)"
+            )
         return []
     names = list(fusion_at) if fusion_at else list(DEFAULT_POINTS[fusion])
     points: dict[tuple[str, int], str] = {}
     for name in names:
         m = _POINT.match(name)
         if not m:
-            raise ValueError(f"fusion point {name!r}: expected layer1..layer4, optionally with a block "
-                             f"('layer4.1') or '*' for every block ('layer4.*')")
+            raise ValueError(
+                f"fusion point {name!r}: expected layer1..layer4, optionally with a block "
+                f"('layer4.1') or '*' for every block ('layer4.*')"
+            )
         stage, block = m.group(1), m.group(2)
         n = depths[STAGES.index(stage)]
         if block is None:
@@ -144,6 +148,7 @@ class TaskFusion(nn.Module):
     def _norm_hook(self, name: str):
         def hook(grad: Tensor) -> None:
             self._record(name, torch.linalg.vector_norm(grad.float()))
+
         return hook
 
     def parameter_stats(self) -> dict[str, Tensor]:
@@ -184,8 +189,14 @@ class CrossStitch(TaskFusion):
         # Per task, (C, 1, 1) vectors that broadcast over (B, C, H, W).
         w = other_weight(len(self.tasks))
         self.same = nn.ParameterDict({t: nn.Parameter(torch.full((channels, 1, 1), SELF_WEIGHT)) for t in tasks})
-        self.other = nn.ParameterDict({self.other_key(t, u): nn.Parameter(torch.full((channels, 1, 1), w))
-                                       for t in tasks for u in tasks if u != t})
+        self.other = nn.ParameterDict(
+            {
+                self.other_key(t, u): nn.Parameter(torch.full((channels, 1, 1), w))
+                for t in tasks
+                for u in tasks
+                if u != t
+            }
+        )
 
     def other_key(self, target: str, source: str) -> str:
         """The ``other`` key of the weights with which ``target`` takes ``source``'s features."""
@@ -203,8 +214,14 @@ class CrossStitch(TaskFusion):
 
     def parameter_stats(self) -> dict[str, Tensor]:
         stats = {f"same/{t}": p.mean() for t, p in self.same.items()}
-        stats.update({f"other/{t}/{u}": self.other[self.other_key(t, u)].mean()
-                      for t in self.tasks for u in self.tasks if u != t})
+        stats.update(
+            {
+                f"other/{t}/{u}": self.other[self.other_key(t, u)].mean()
+                for t in self.tasks
+                for u in self.tasks
+                if u != t
+            }
+        )
         return stats
 
 
@@ -240,6 +257,6 @@ class NDDR(TaskFusion):
             w = self.conv[t].weight[..., 0, 0]  # (C, N*C)
             c = w.shape[0]
             for j, u in enumerate(self.tasks):
-                mean = w[:, j * c:(j + 1) * c].diagonal().mean()  # task u's block, diagonal
+                mean = w[:, j * c : (j + 1) * c].diagonal().mean()  # task u's block, diagonal
                 out[f"self/{t}" if j == k else f"other/{t}/{u}"] = mean
         return out

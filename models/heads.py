@@ -42,8 +42,10 @@ class Decoder(nn.Module):
         super().__init__()
         self.reduce = nn.Sequential(*_conv_bn_relu(low_channels, low_reduced))
         self.fuse = nn.Sequential(
-            *_conv_bn_relu(channels + low_reduced, channels, 3), nn.Dropout(0.5),
-            *_conv_bn_relu(channels, channels, 3), nn.Dropout(0.1),
+            *_conv_bn_relu(channels + low_reduced, channels, 3),
+            nn.Dropout(0.5),
+            *_conv_bn_relu(channels, channels, 3),
+            nn.Dropout(0.1),
         )
         self.classifier = nn.Conv2d(channels, num_outputs, 1)
 

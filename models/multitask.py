@@ -133,8 +133,10 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unit_tasks {sorted(unknown)} are not tasks of this model ({list(self.tasks)})")
         if self.output_stride not in arch.output_strides:
-            raise ValueError(f"{self.kind} networks use output stride {' or '.join(map(str, arch.output_strides))}, "
-                             f"got {self.output_stride}")
+            raise ValueError(
+                f"{self.kind} networks use output stride {' or '.join(map(str, arch.output_strides))}, "
+                f"got {self.output_stride}"
+            )
         unknown = set(self.protect_tasks or ()) - set(self.tasks)
         if unknown:
             raise ValueError(f"protect_tasks {sorted(unknown)} are not tasks of this model ({list(self.tasks)})")
@@ -175,12 +177,14 @@ class MultiTaskNet(nn.Module):
         self.trunks = nn.ModuleDict({b: Trunk(config.output_stride, config.depths) for b in config.branches})
         trunk = self.trunks[config.branches[0]]
         head = ARCHITECTURES[config.kind].head
-        self.heads = nn.ModuleDict({t: head(trunk.stage4_channels, n, config.output_stride)
-                                    for t, n in config.tasks.items()})
+        self.heads = nn.ModuleDict(
+            {t: head(trunk.stage4_channels, n, config.output_stride) for t, n in config.tasks.items()}
+        )
         # one task: nothing to fuse, every method is the single-task network
         self.points = resolve_points(config.fusion, config.fusion_at, config.depths) if len(self.tasks) > 1 else []
-        self.fusions = nn.ModuleDict({point_key(name): self._make_fusion(trunk, stage, name)
-                                      for stage, _, name in self.points})
+        self.fusions = nn.ModuleDict(
+            {point_key(name): self._make_fusion(trunk, stage, name) for stage, _, name in self.points}
+        )
         self._fusion_at = {(stage, i): point_key(name) for stage, i, name in self.points}
 
     def _make_fusion(self, trunk: Trunk, stage: str, name: str) -> TaskFusion:
@@ -193,8 +197,17 @@ class MultiTaskNet(nn.Module):
             return NDDR(self.tasks, channels)
         stride = trunk.stage_stride(k)
         protect = [self.tasks.index(t) for t in (cfg.protect_tasks or self.tasks[:1])]
-        layer = AFALayer(channels, cfg.size_at(stride), stride, cfg.grad_mode, cfg.tau, protect, self.tasks,
-                         self_prior=cfg.fusion_init == "self", relation=cfg.afa_relation)
+        layer = AFALayer(
+            channels,
+            cfg.size_at(stride),
+            stride,
+            cfg.grad_mode,
+            cfg.tau,
+            protect,
+            self.tasks,
+            self_prior=cfg.fusion_init == "self",
+            relation=cfg.afa_relation,
+        )
         init_afa_(layer)
         return layer
 
@@ -252,8 +265,9 @@ class MultiTaskNet(nn.Module):
         kind = self.config.kind
         return {**ARCHITECTURES[kind].lr_mult, "fusion": FUSION_LR_MULT.get(self.config.fusion, {}).get(kind, 1.0)}
 
-    def param_groups(self, lr: float, lr_mult: Mapping[str, float] | None = None,
-                     weight_decay: float = 0.0) -> list[dict[str, Any]]:
+    def param_groups(
+        self, lr: float, lr_mult: Mapping[str, float] | None = None, weight_decay: float = 0.0
+    ) -> list[dict[str, Any]]:
         """Optimiser parameter groups: 'backbone' (the trunks), 'fusion' (the fusion modules) and
         'head' (classifiers, or ASPP + decoders), each at ``lr * multiplier``.
 
@@ -269,13 +283,27 @@ class MultiTaskNet(nn.Module):
         for name, module in parts.items():
             params = [p for p in module.parameters() if p.requires_grad]
             if params:
-                groups.append({"name": name, "params": params, "lr": lr * mult[name],
-                               "lr_mult": mult[name], "weight_decay": weight_decay})
+                groups.append(
+                    {
+                        "name": name,
+                        "params": params,
+                        "lr": lr * mult[name],
+                        "lr_mult": mult[name],
+                        "weight_decay": weight_decay,
+                    }
+                )
         return groups
 
 
-def build_model(kind: str, fusion: str | None = None, grad_mode: str = "protect", *,
-                backbone_weights: WeightsSpec = None, verbose: bool = False, **options: Any) -> nn.Module:
+def build_model(
+    kind: str,
+    fusion: str | None = None,
+    grad_mode: str = "protect",
+    *,
+    backbone_weights: WeightsSpec = None,
+    verbose: bool = False,
+    **options: Any,
+) -> nn.Module:
     """Build a network of ``kind``: 'image', 'pixel' (models.MultiTaskNet) or 'series' (models.series).
 
     Args:
@@ -335,8 +363,9 @@ def model_from_config(config: Mapping[str, Any]) -> nn.Module:
     return network(config_cls(**config))
 
 
-def init_from_stage1(model: MultiTaskNet, state_dict: Mapping[str, Tensor],
-                     heads: bool = False) -> dict[str, list[str]]:
+def init_from_stage1(
+    model: MultiTaskNet, state_dict: Mapping[str, Tensor], heads: bool = False
+) -> dict[str, list[str]]:
     """Initialise a (fused) network from a stage-1 (single-task, ``fusion='none'``) state dict.
 
     Hard sharing has no single-task network to start from (ImageNet weights instead).
@@ -348,13 +377,18 @@ def init_from_stage1(model: MultiTaskNet, state_dict: Mapping[str, Tensor],
     it. Returns {'loaded': keys copied, 'kept': model keys left as they were}.
     """
     if model.config.fusion == SHARED:
-        raise ValueError("hard sharing ('shared') starts from ImageNet weights (--pretrained), not from a "
-                         "single-task checkpoint: it has one trunk where stage 1 has two")
+        raise ValueError(
+            "hard sharing ('shared') starts from ImageNet weights (--pretrained), not from a "
+            "single-task checkpoint: it has one trunk where stage 1 has two"
+        )
     own = model.state_dict()
     wanted = [k for k in own if k.startswith(("trunks.", "heads.") if heads else "trunks.")]
     missing = [k for k in wanted if k not in state_dict]
-    wrong = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in wanted
-             if k in state_dict and state_dict[k].shape != own[k].shape]
+    wrong = [
+        f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in wanted
+        if k in state_dict and state_dict[k].shape != own[k].shape
+    ]
     foreign = [k for k in state_dict if not k.startswith(("trunks.", "heads."))]
     if missing or wrong or foreign:
         raise ValueError(

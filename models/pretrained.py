@@ -58,8 +58,9 @@ def resolve(path: str | os.PathLike) -> Path:
     """The local folder holding the two files (downloaded first for a URL)."""
     folder = _fetch(str(path)) if is_url(path) else Path(path)
     if not folder.is_dir():
-        raise PretrainedError(f"{folder}: no such folder (expected {CONFIG_NAME} and {WEIGHTS_NAME} from "
-                              f"python -m tools.export)")
+        raise PretrainedError(
+            f"{folder}: no such folder (expected {CONFIG_NAME} and {WEIGHTS_NAME} from python -m tools.export)"
+        )
     return folder
 
 
@@ -69,15 +70,19 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     try:
         config = json.loads(file.read_text())
     except FileNotFoundError:
-        raise PretrainedError(f"{file}: missing (a released-weights folder holds {CONFIG_NAME} and "
-                              f"{WEIGHTS_NAME}, see python -m tools.export)") from None
+        raise PretrainedError(
+            f"{file}: missing (a released-weights folder holds {CONFIG_NAME} and "
+            f"{WEIGHTS_NAME}, see python -m tools.export)"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PretrainedError(f"{file}: not a JSON file ({e})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT or "model_config" not in config:
-        raise PretrainedError(f"{file}: not an AFANet config (expected \"format\": \"{FORMAT}\" and a model_config)")
+        raise PretrainedError(f'{file}: not an AFANet config (expected "format": "{FORMAT}" and a model_config)')
     if config.get("format_version", 0) > FORMAT_VERSION:
-        raise PretrainedError(f"{file}: format version {config['format_version']} is newer than this code "
-                              f"({FORMAT_VERSION}); update the code")
+        raise PretrainedError(
+            f"{file}: format version {config['format_version']} is newer than this code "
+            f"({FORMAT_VERSION}); update the code"
+        )
     return config
 
 
@@ -92,8 +97,12 @@ def save_pretrained(model: MultiTaskNet, out: str | os.PathLike, extra: Mapping[
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(out / WEIGHTS_NAME, 0o666 & ~umask)  # safetensors writes 0600; a file to publish is readable like any
-    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": model.config.to_dict(),
-              **(extra or {})}
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": model.config.to_dict(),
+        **(extra or {}),
+    }
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return out
 

@@ -46,24 +46,30 @@ _FUSION = {
         for ref, ours in ((first, "reduce" if mod == "cam" else "conv"), ("trans1", "self_fc"), ("trans2", "other_fc"))
     ],
     # Units after layer1..layer4 of the original authors' baselines (AFANet commit 4fabc70).
-    "cross_stitch": [("Cross_{i}.{T}_weight_same", "fusions.layer{i}.same.{T}"),
-                     ("Cross_{i}.{T}_weight_diff", "fusions.layer{i}.other.{T}")],
-    "nddr": [("NDDR_{i}.nddr_{N}.weight", "fusions.layer{i}.conv.{N}.weight"),
-             ("NDDR_{i}.bn_{N}.{p}", "fusions.layer{i}.bn.{N}.{p}")],
+    "cross_stitch": [
+        ("Cross_{i}.{T}_weight_same", "fusions.layer{i}.same.{T}"),
+        ("Cross_{i}.{T}_weight_diff", "fusions.layer{i}.other.{T}"),
+    ],
+    "nddr": [
+        ("NDDR_{i}.nddr_{N}.weight", "fusions.layer{i}.conv.{N}.weight"),
+        ("NDDR_{i}.bn_{N}.{p}", "fusions.layer{i}.bn.{N}.{p}"),
+    ],
 }
 _IMAGE_HEAD = [("{T}_fc.{p}", "heads.{T}.fc.{p}")]
 # torchvision's ASPP: convs.0-3 the 1x1 and dilated branches, convs.4 the pooling branch, project.
-_PIXEL_HEAD = (
-    [(f"{{T}}_aspp.aspp{k + 1}.{ref}.{{p}}", f"heads.{{T}}.aspp.convs.{k}.{idx}.{{p}}")
-     for k in range(4) for ref, idx in (("atrous_conv", 0), ("bn", 1))]
-    + [("{T}_aspp.global_avg_pool.{i}.{p}", "heads.{T}.aspp.convs.4.{i}.{p}"),
-       ("{T}_aspp.conv1.{p}", "heads.{T}.aspp.project.0.{p}"),
-       ("{T}_aspp.bn1.{p}", "heads.{T}.aspp.project.1.{p}"),
-       ("{T}_decoder.conv1.{p}", "heads.{T}.decoder.reduce.0.{p}"),
-       ("{T}_decoder.bn1.{p}", "heads.{T}.decoder.reduce.1.{p}"),
-       ("{T}_decoder.last_conv.{i}.{p}", "heads.{T}.decoder.fuse.{i}.{p}"),
-       ("{T}_decoder.my_classify.{p}", "heads.{T}.decoder.classifier.{p}")]
-)
+_PIXEL_HEAD = [
+    (f"{{T}}_aspp.aspp{k + 1}.{ref}.{{p}}", f"heads.{{T}}.aspp.convs.{k}.{idx}.{{p}}")
+    for k in range(4)
+    for ref, idx in (("atrous_conv", 0), ("bn", 1))
+] + [
+    ("{T}_aspp.global_avg_pool.{i}.{p}", "heads.{T}.aspp.convs.4.{i}.{p}"),
+    ("{T}_aspp.conv1.{p}", "heads.{T}.aspp.project.0.{p}"),
+    ("{T}_aspp.bn1.{p}", "heads.{T}.aspp.project.1.{p}"),
+    ("{T}_decoder.conv1.{p}", "heads.{T}.decoder.reduce.0.{p}"),
+    ("{T}_decoder.bn1.{p}", "heads.{T}.decoder.reduce.1.{p}"),
+    ("{T}_decoder.last_conv.{i}.{p}", "heads.{T}.decoder.fuse.{i}.{p}"),
+    ("{T}_decoder.my_classify.{p}", "heads.{T}.decoder.classifier.{p}"),
+]
 
 
 # kind -> (prefix of the original's trunk and fusion keys, head templates): pixel nets keep the trunk
@@ -89,15 +95,17 @@ _BRANCH_FIELDS = {"T": ("A", "B"), "N": ("1", "2")}  # how the original names ta
 def _compile(template: str, branch: dict[str, str]) -> re.Pattern[str]:
     parts = re.split(r"(\{\w\})", template)
     rx = "".join(
-        f"(?P<{x[1]}>{branch[x[1]] if x[1] in branch else _FIELD[x[1]]})" if re.fullmatch(r"\{\w\}", x)
+        f"(?P<{x[1]}>{branch[x[1]] if x[1] in branch else _FIELD[x[1]]})"
+        if re.fullmatch(r"\{\w\}", x)
         else re.escape(x)
         for x in parts
     )
     return re.compile(rx + "$")
 
 
-def _convert(state_dict: Mapping[str, Tensor], kind: str, fusion: str | None, tasks: Sequence[str] | None,
-             to_ours: bool) -> dict:
+def _convert(
+    state_dict: Mapping[str, Tensor], kind: str, fusion: str | None, tasks: Sequence[str] | None, to_ours: bool
+) -> dict:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     fusion = fusion or "afa"
@@ -119,13 +127,15 @@ def _convert(state_dict: Mapping[str, Tensor], kind: str, fusion: str | None, ta
             unknown.append(key)
     if unknown:
         side = "the original AFANet" if to_ours else "this project's"
-        raise ValueError(f"{len(unknown)} keys are not keys of {side} {kind} {fusion!r} network: "
-                         f"{', '.join(unknown[:5])}")
+        raise ValueError(
+            f"{len(unknown)} keys are not keys of {side} {kind} {fusion!r} network: {', '.join(unknown[:5])}"
+        )
     return out
 
 
-def convert_reference_state_dict(state_dict: Mapping[str, Tensor], kind: str, fusion: str | None = None,
-                                 tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
+def convert_reference_state_dict(
+    state_dict: Mapping[str, Tensor], kind: str, fusion: str | None = None, tasks: Sequence[str] | None = None
+) -> dict[str, Tensor]:
     """Rename a state dict (or any dict of tensors) from the original AFANet layout to ours.
 
     ``fusion`` names the original network: 'none' / 'afa' (``net_*_resnet``/``net_*_deeplab`` and
@@ -140,8 +150,9 @@ def convert_reference_state_dict(state_dict: Mapping[str, Tensor], kind: str, fu
     return _convert(state_dict, kind, fusion, tasks, to_ours=True)
 
 
-def to_reference_state_dict(state_dict: Mapping[str, Tensor], kind: str, fusion: str | None = None,
-                            tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
+def to_reference_state_dict(
+    state_dict: Mapping[str, Tensor], kind: str, fusion: str | None = None, tasks: Sequence[str] | None = None
+) -> dict[str, Tensor]:
     """The inverse of :func:`convert_reference_state_dict`: our names to the original's."""
     if kind in _OTHER_CODE:
         return _OTHER_CODE[kind](state_dict, fusion or "", to_ours=False)

@@ -200,26 +200,38 @@ class SeriesNet(nn.Module):
         """Load a torchvision ResNet-50 state dict into the trunk (strictly); returns the unused keys."""
         return load_trunk_weights(self.trunk, torchvision_state_dict(weights))
 
-    def param_groups(self, lr: float, lr_mult: Mapping[str, float] | None = None,
-                     weight_decay: float = 0.0) -> list[dict[str, Any]]:
+    def param_groups(
+        self, lr: float, lr_mult: Mapping[str, float] | None = None, weight_decay: float = 0.0
+    ) -> list[dict[str, Any]]:
         """Groups 'backbone' (trunk), 'units' (PAU gates) and 'head' (the final linear and the
         channel cells' FCs), each at ``lr * multiplier`` (default: LR_MULT, the original recipe)."""
         mult = {**LR_MULT, **(lr_mult or {})}
         head = list(self.fc.parameters()) + [p for n, p in self.units.named_parameters() if ".channel." in n]
         head_ids = {id(p) for p in head}
-        parts = {"backbone": list(self.trunk.parameters()),
-                 "units": [p for p in self.units.parameters() if id(p) not in head_ids], "head": head}
+        parts = {
+            "backbone": list(self.trunk.parameters()),
+            "units": [p for p in self.units.parameters() if id(p) not in head_ids],
+            "head": head,
+        }
         groups = []
         for name, params in parts.items():
             params = [p for p in params if p.requires_grad]
             if params:
-                groups.append({"name": name, "params": params, "lr": lr * mult[name], "lr_mult": mult[name],
-                               "weight_decay": weight_decay})
+                groups.append(
+                    {
+                        "name": name,
+                        "params": params,
+                        "lr": lr * mult[name],
+                        "lr_mult": mult[name],
+                        "weight_decay": weight_decay,
+                    }
+                )
         return groups
 
 
-def build_series_model(fusion: str = "pau", *, backbone_weights: WeightsSpec = None, verbose: bool = False,
-                       **options: Any) -> SeriesNet:
+def build_series_model(
+    fusion: str = "pau", *, backbone_weights: WeightsSpec = None, verbose: bool = False, **options: Any
+) -> SeriesNet:
     """Build a series network (``models.build_model('series', fusion, ...)`` lands here).
 
     Args:
@@ -257,8 +269,12 @@ def _prefixes(fusion: str) -> list[tuple[str, str]]:
         for number, photo in ((1, "a"), (2, "b")):
             for k in range(len(PAU_STAGES)):
                 ref, ours = f"pau{number}{k + 1}.", f"units.{photo}.{k}."
-                rows += [(ref + "conv1.", ours + "gate.0."), (ref + "conv2.", ours + "gate.2."),
-                         (ref + "ca.fc1.", ours + "channel.fc1."), (ref + "ca.fc2.", ours + "channel.fc2.")]
+                rows += [
+                    (ref + "conv1.", ours + "gate.0."),
+                    (ref + "conv2.", ours + "gate.2."),
+                    (ref + "ca.fc1.", ours + "channel.fc1."),
+                    (ref + "ca.fc2.", ours + "channel.fc2."),
+                ]
     return rows
 
 
@@ -276,9 +292,10 @@ def convert_series_keys(state_dict: Mapping[str, Tensor], fusion: str, to_ours: 
             unknown.append(key)
             continue
         src, dst = match[0]
-        out[dst + key[len(src):]] = value
+        out[dst + key[len(src) :]] = value
     if unknown:
         side = "the original Series-Photo-Selection" if to_ours else "this project's"
-        raise ValueError(f"{len(unknown)} keys are not {fusion} series-network keys of {side} layout: "
-                         f"{', '.join(unknown[:5])}")
+        raise ValueError(
+            f"{len(unknown)} keys are not {fusion} series-network keys of {side} layout: {', '.join(unknown[:5])}"
+        )
     return out

@@ -11,8 +11,9 @@ def nyu(tmp_path_factory):
     """A prepared NYUv2 folder from a 12-frame official-format .mat (64 x 80 frames)."""
     root = tmp_path_factory.mktemp("nyu")
     write_nyuv2(root / "raw", n=12, frame_size=(64, 80))
-    return prepare_nyuv2(root / "raw" / "nyu_depth_v2_labeled.mat", root / "raw" / "splits.mat", root / "prepared",
-                         progress=False)
+    return prepare_nyuv2(
+        root / "raw" / "nyu_depth_v2_labeled.mat", root / "raw" / "splits.mat", root / "prepared", progress=False
+    )
 
 
 @pytest.fixture(scope="module")

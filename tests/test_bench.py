@@ -36,9 +36,27 @@ def _check_steps(report, n):
 
 def test_steps_report(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    report = bench.main(_args("--kinds", "image", "pixel", "--fusions", "none", "afa", "--batch-size", "2",
-                              "--input-size", "32", "--amp", "none", "bf16", "--channels-last", "--json", str(out),
-                              *TINY))
+    report = bench.main(
+        _args(
+            "--kinds",
+            "image",
+            "pixel",
+            "--fusions",
+            "none",
+            "afa",
+            "--batch-size",
+            "2",
+            "--input-size",
+            "32",
+            "--amp",
+            "none",
+            "bf16",
+            "--channels-last",
+            "--json",
+            str(out),
+            *TINY,
+        )
+    )
     _check_steps(report, 2 * 2 * 2)  # kinds x fusions x precisions
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     labels = {r["label"] for r in report["steps"]}
@@ -67,8 +85,20 @@ def test_random_batch_targets():
 
 
 def test_pipeline_on_synthetic_sets():
-    report = bench.main(_args("--no-steps", "--pipeline", "--workers", "0", "--pipeline-batches", "2",
-                              "--batch-size", "2", "--input-size", "64"))
+    report = bench.main(
+        _args(
+            "--no-steps",
+            "--pipeline",
+            "--workers",
+            "0",
+            "--pipeline-batches",
+            "2",
+            "--batch-size",
+            "2",
+            "--input-size",
+            "64",
+        )
+    )
     assert [p["kind"] for p in report["pipeline"]] == ["image", "pixel"]
     for p in report["pipeline"]:
         assert p["samples"] == 4 and p["samples_per_s"] > 0
@@ -81,12 +111,26 @@ def test_bad_reference_dir_is_a_clear_error(tmp_path):
 
 @pytest.mark.skipif(not os.environ.get("AFANET_REFERENCE"), reason="set AFANET_REFERENCE to the original code")
 def test_reference_side_by_side():
-    report = bench.main(_args("--kinds", "pixel", "--fusions", "none", "afa", "--batch-size", "2", "--input-size",
-                              "64", "--reference", os.environ["AFANET_REFERENCE"]))
+    report = bench.main(
+        _args(
+            "--kinds",
+            "pixel",
+            "--fusions",
+            "none",
+            "afa",
+            "--batch-size",
+            "2",
+            "--input-size",
+            "64",
+            "--reference",
+            os.environ["AFANET_REFERENCE"],
+        )
+    )
     _check_steps(report, 4)
     speedups = [q for q in report["ratios"] if "speedup" in q]
     assert len(speedups) == 2 and all(q["speedup"] > 0 for q in speedups)
     by = {r["label"]: r for r in report["steps"]}
     # same network, same FLOPs (up to AFA bookkeeping): the original is built at the right size
-    assert by["pixel/afa original fp32 NCHW"]["flops"] == pytest.approx(by["pixel/afa ours fp32 NCHW"]["flops"],
-                                                                         rel=0.01)
+    assert by["pixel/afa original fp32 NCHW"]["flops"] == pytest.approx(
+        by["pixel/afa ours fp32 NCHW"]["flops"], rel=0.01
+    )

@@ -18,10 +18,32 @@ TINY = ["--depths", "1", "1", "1", "3"]
 
 
 def image(adience, run, *extra):
-    return train_image.get_args_parser().parse_args([
-        "--data-root", str(adience), "--crop-size", "32", "--batch-size", "4", "--epochs", "1", "--limit-batches",
-        "2", "--workers", "0", "--device", "cpu", "--pretrained", "none", *TINY, "--out", str(run / "x_last.pth"),
-        "--logdir", str(run), *extra])
+    return train_image.get_args_parser().parse_args(
+        [
+            "--data-root",
+            str(adience),
+            "--crop-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--limit-batches",
+            "2",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--pretrained",
+            "none",
+            *TINY,
+            "--out",
+            str(run / "x_last.pth"),
+            "--logdir",
+            str(run),
+            *extra,
+        ]
+    )
 
 
 def test_every_method_trains_through_its_stages(adience, tmp_path):
@@ -39,16 +61,22 @@ def test_every_method_trains_through_its_stages(adience, tmp_path):
         assert any(k.startswith("fusion/layer4") and k.endswith("grad_in/age") for k in rec), sorted(rec)
     # hard sharing trains from ImageNet (here: random) weights; --init is refused in one line
     assert train_image.main(image(adience, tmp_path / "shared", "--fusion", "shared")) == 0
-    assert train_image.main(image(adience, tmp_path / "shared2", "--fusion", "shared", "--init",
-                                  str(s1 / "x_best.pth"))) == 2
+    assert (
+        train_image.main(image(adience, tmp_path / "shared2", "--fusion", "shared", "--init", str(s1 / "x_best.pth")))
+        == 2
+    )
     assert train_image.main(image(adience, tmp_path / "gn", "--fusion", "shared", "--weighting", "gradnorm")) == 0
     assert train_image.main(image(adience, tmp_path / "gn0", "--weighting", "gradnorm")) == 2  # none shares nothing
 
 
 def test_dwa_weights_follow_the_formula_from_the_logged_epoch_losses(adience, tmp_path):
     run = tmp_path / "dwa"
-    assert train_image.main(image(adience, run, "--fusion", "afa", "--epochs", "4", "--weighting", "dwa",
-                                  "--dwa-temp", "2")) == 0
+    assert (
+        train_image.main(
+            image(adience, run, "--fusion", "afa", "--epochs", "4", "--weighting", "dwa", "--dwa-temp", "2")
+        )
+        == 0
+    )
     log = read_log(run / "log.jsonl")
     tasks = ["gender", "age"]
     for e in (0, 1):
@@ -63,10 +91,38 @@ def test_dwa_weights_follow_the_formula_from_the_logged_epoch_losses(adience, tm
 @pytest.mark.parametrize("weighting", ["dwa", "uncertainty"])
 def test_resume_after_a_signal_is_bit_exact_with_stateful_weightings(nyu, tmp_path, monkeypatch, weighting):
     def args(run, *extra):
-        return train_pixel.get_args_parser().parse_args([
-            "--data-root", str(nyu), "--crop-size", "64", "--batch-size", "2", "--epochs", "3", "--limit-batches",
-            "2", "--workers", "0", "--device", "cpu", "--pretrained", "none", *TINY, "--fusion", "cross_stitch",
-            "--weighting", weighting, "--seed", "5", "--out", str(run / "last.pth"), "--logdir", str(run), *extra])
+        return train_pixel.get_args_parser().parse_args(
+            [
+                "--data-root",
+                str(nyu),
+                "--crop-size",
+                "64",
+                "--batch-size",
+                "2",
+                "--epochs",
+                "3",
+                "--limit-batches",
+                "2",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "--pretrained",
+                "none",
+                *TINY,
+                "--fusion",
+                "cross_stitch",
+                "--weighting",
+                weighting,
+                "--seed",
+                "5",
+                "--out",
+                str(run / "last.pth"),
+                "--logdir",
+                str(run),
+                *extra,
+            ]
+        )
 
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert train_pixel.main(args(full)) == 0

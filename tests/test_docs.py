@@ -91,7 +91,7 @@ def check_command(command: str) -> None:
     assert (REPO / script).is_file(), f"{script}: no such script in the repository"
     name = Path(script).stem
     if name == "reproduce":  # flags after a bare -- go to the protocol's training script
-        main, extra = (rest[: rest.index("--")], rest[rest.index("--") + 1:]) if "--" in rest else (rest, [])
+        main, extra = (rest[: rest.index("--")], rest[rest.index("--") + 1 :]) if "--" in rest else (rest, [])
         check_parses(parser_of("reproduce"), main, script)
         if extra:
             import reproduce

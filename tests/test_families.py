@@ -39,8 +39,10 @@ def test_settings_are_resolved_once_and_frozen(tmp_path):
     assert settings.out == "weight/image_single_fold3_last.pth" and settings.logdir == "runs/image_single_fold3"
     with pytest.raises(AttributeError, match="read-only"):
         settings.batch_size = 4
-    assert settings.get("init") is None and SeriesFamily.run_name(Settings(fusion="pau", shared_units=True)) == \
-        "series_pau_shared"
+    assert (
+        settings.get("init") is None
+        and SeriesFamily.run_name(Settings(fusion="pau", shared_units=True)) == "series_pau_shared"
+    )
 
 
 def test_the_family_table_and_what_the_scripts_ask_of_it():
@@ -48,18 +50,26 @@ def test_the_family_table_and_what_the_scripts_ask_of_it():
     with pytest.raises(ValueError, match="unknown network kind 'video'; known: pixel, image, series"):
         family("video")
     assert {name: p.script for name, p in protocols().items()} == {
-        "nyuv2": "train_pixel.py", "cityscapes": "train_pixel.py", "adience": "train_image.py",
-        "series": "train_series.py"}
+        "nyuv2": "train_pixel.py",
+        "cityscapes": "train_pixel.py",
+        "adience": "train_image.py",
+        "series": "train_series.py",
+    }
     assert set(hub_entries()) == {"afanet_pixel", "afanet_image", "afanet_series"}
     g = torch.Generator().manual_seed(0)
-    for fam, config in ((PixelFamily, {"kind": "pixel", "input_size": 16, "tasks": {"seg": 5, "depth": 1}}),
-                        (ImageFamily, {"kind": "image", "input_size": 16, "tasks": {"gender": 2, "age": 8}}),
-                        (SeriesFamily, {"kind": "series", "input_size": 16})):
+    for fam, config in (
+        (PixelFamily, {"kind": "pixel", "input_size": 16, "tasks": {"seg": 5, "depth": 1}}),
+        (ImageFamily, {"kind": "image", "input_size": 16, "tasks": {"gender": 2, "age": 8}}),
+        (SeriesFamily, {"kind": "series", "input_size": 16}),
+    ):
         batch = fam.random_batch(config, 3, g)
         assert all(v.shape[0] == 3 for v in batch.values())
         assert all(x.shape == (3, 3, 16, 16) for x in fam(Settings()).inputs(batch)), fam.kind
-        scores = {"pixel": {"seg/miou": 0.2, "depth/delta1": 0.6}, "image": {"gender/acc": 0.8, "age/acc": 0.4},
-                  "series": {"pair/acc": 0.7}}[fam.kind]
+        scores = {
+            "pixel": {"seg/miou": 0.2, "depth/delta1": 0.6},
+            "image": {"gender/acc": 0.8, "age/acc": 0.4},
+            "series": {"pair/acc": 0.7},
+        }[fam.kind]
         assert fam.score(scores) == pytest.approx({"pixel": 0.4, "image": 0.6, "series": 0.7}[fam.kind])
 
 

@@ -5,7 +5,6 @@ an image net built for 64 px has 2x2 stage-4 maps, a pixel net built for 64 px h
 stride 16). The real ResNet-50 is built where its layout matters (sizes, ImageNet weights).
 """
 
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -34,6 +33,7 @@ def _rand_pair(c=8, s=3, seed=0):
 
 
 # -- the modules compute what the paper says ------------------------------------------------
+
 
 def test_cam_matches_formula():
     cam = CAM(channels=64)
@@ -71,6 +71,7 @@ def test_afa_layer_is_cam_relu_sam_relu():
 
 # -- gradient modes ---------------------------------------------------------------------------
 
+
 def _grads(layer, g1, g2, seed=0):
     layer.zero_grad()
     x1, x2 = _rand_pair(seed=seed)
@@ -92,8 +93,7 @@ def _layers(**kw):
 
 
 def test_forward_values_equal_in_all_modes():
-    layers = _layers(joint={"grad_mode": "joint"}, protect={"grad_mode": "protect"},
-                     adaptive={"grad_mode": "adaptive"})
+    layers = _layers(joint={"grad_mode": "joint"}, protect={"grad_mode": "protect"}, adaptive={"grad_mode": "adaptive"})
     x1, x2 = _rand_pair()
     outs = [layer.fuse(x1, x2) for layer in layers.values()]
     for o in outs[1:]:
@@ -135,8 +135,12 @@ def test_protect_default_shields_task_1_only_as_the_original_at_head():
 
 
 def test_adaptive_falls_back_above_threshold_only():
-    layers = _layers(joint={"grad_mode": "joint"}, protect={"grad_mode": "protect", "protect_tasks": (0, 1)},
-                     tight={"grad_mode": "adaptive", "tau": 1.0001}, loose={"grad_mode": "adaptive", "tau": 1e6})
+    layers = _layers(
+        joint={"grad_mode": "joint"},
+        protect={"grad_mode": "protect", "protect_tasks": (0, 1)},
+        tight={"grad_mode": "adaptive", "tau": 1.0001},
+        loose={"grad_mode": "adaptive", "tau": 1e6},
+    )
     g1, g2 = torch.randn(2, 8, 3, 3), 1e3 * torch.randn(2, 8, 3, 3)  # task 2 dominates the fused gradient
     jx1, jx2, p_joint, _ = _grads(layers["joint"], g1, g2)
     px1, px2, _, _ = _grads(layers["protect"], g1, g2)
@@ -159,6 +163,7 @@ def test_bad_layer_options_are_refused():
 
 
 # -- networks ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["image", "pixel"])
 @pytest.mark.parametrize("fusion", FUSIONS)
@@ -239,6 +244,7 @@ def test_protect_mode_in_the_network_cuts_the_cross_task_path():
 
 # -- weights ----------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def torchvision_resnet(tmp_path_factory):
     torch.manual_seed(1)
@@ -292,31 +298,53 @@ def test_reference_layout_round_trips(kind, fusion):
 
 def test_reference_names_map_to_ours():
     t = torch.zeros(1)
-    image = convert_reference_state_dict({
-        "A_conv1.weight": t, "layer2.0.B_downsample.1.running_var": t, "layer4.1.afa_cam.cam.trans1.weight": t,
-        "layer4.2.afa_sam.sam.trans2.weight": t, "layer4.0.afa_cam.cam.fc.weight": t, "B_fc.bias": t,
-    }, "image")
+    image = convert_reference_state_dict(
+        {
+            "A_conv1.weight": t,
+            "layer2.0.B_downsample.1.running_var": t,
+            "layer4.1.afa_cam.cam.trans1.weight": t,
+            "layer4.2.afa_sam.sam.trans2.weight": t,
+            "layer4.0.afa_cam.cam.fc.weight": t,
+            "B_fc.bias": t,
+        },
+        "image",
+    )
     assert list(image) == [
-        "trunks.gender.conv1.weight", "trunks.age.layer2.0.downsample.1.running_var",
-        "fusions.layer4_1.cam.self_fc.weight", "fusions.layer4_2.sam.other_fc.weight",
+        "trunks.gender.conv1.weight",
+        "trunks.age.layer2.0.downsample.1.running_var",
+        "fusions.layer4_1.cam.self_fc.weight",
+        "fusions.layer4_2.sam.other_fc.weight",
         "fusions.layer4_0.cam.reduce.weight",
         "heads.age.fc.bias",
     ]
-    pixel = convert_reference_state_dict({
-        "backbone.layer3.5.A_bn2.num_batches_tracked": t, "A_aspp.aspp3.atrous_conv.weight": t,
-        "B_aspp.global_avg_pool.2.running_mean": t, "A_aspp.bn1.bias": t, "B_decoder.last_conv.4.weight": t,
-        "A_decoder.my_classify.bias": t, "backbone.layer4.0.afa_sam.sam.conv.weight": t,
-    }, "pixel")
+    pixel = convert_reference_state_dict(
+        {
+            "backbone.layer3.5.A_bn2.num_batches_tracked": t,
+            "A_aspp.aspp3.atrous_conv.weight": t,
+            "B_aspp.global_avg_pool.2.running_mean": t,
+            "A_aspp.bn1.bias": t,
+            "B_decoder.last_conv.4.weight": t,
+            "A_decoder.my_classify.bias": t,
+            "backbone.layer4.0.afa_sam.sam.conv.weight": t,
+        },
+        "pixel",
+    )
     assert list(pixel) == [
-        "trunks.seg.layer3.5.bn2.num_batches_tracked", "heads.seg.aspp.convs.2.0.weight",
-        "heads.depth.aspp.convs.4.2.running_mean", "heads.seg.aspp.project.1.bias",
-        "heads.depth.decoder.fuse.4.weight", "heads.seg.decoder.classifier.bias", "fusions.layer4_0.sam.conv.weight",
+        "trunks.seg.layer3.5.bn2.num_batches_tracked",
+        "heads.seg.aspp.convs.2.0.weight",
+        "heads.depth.aspp.convs.4.2.running_mean",
+        "heads.seg.aspp.project.1.bias",
+        "heads.depth.decoder.fuse.4.weight",
+        "heads.seg.decoder.classifier.bias",
+        "fusions.layer4_0.sam.conv.weight",
     ]
-    cross = convert_reference_state_dict({"Cross_2.B_weight_diff": t, "Cross_4.A_weight_same": t}, "image",
-                                         "cross_stitch")
+    cross = convert_reference_state_dict(
+        {"Cross_2.B_weight_diff": t, "Cross_4.A_weight_same": t}, "image", "cross_stitch"
+    )
     assert list(cross) == ["fusions.layer2.other.age", "fusions.layer4.same.gender"]
-    nddr = convert_reference_state_dict({"backbone.NDDR_3.nddr_2.weight": t, "backbone.NDDR_1.bn_1.running_var": t},
-                                        "pixel", "nddr")
+    nddr = convert_reference_state_dict(
+        {"backbone.NDDR_3.nddr_2.weight": t, "backbone.NDDR_1.bn_1.running_var": t}, "pixel", "nddr"
+    )
     assert list(nddr) == ["fusions.layer3.conv.depth.weight", "fusions.layer1.bn.seg.running_var"]
     hard = convert_reference_state_dict({"layer1.0.conv1.weight": t, "B_fc.weight": t}, "image", "shared")
     assert list(hard) == ["trunks.shared.layer1.0.conv1.weight", "heads.age.fc.weight"]

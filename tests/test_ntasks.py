@@ -21,13 +21,17 @@ SQRT2 = math.sqrt(2)
 
 # -- surface normals ---------------------------------------------------------------------------
 
+
 def normal_sample(h=8, w=10, seed=0) -> dict:
     g = torch.Generator().manual_seed(seed)
     normal = F.normalize(torch.randn(3, h, w, generator=g), dim=0)
     normal[:, :2, :3] = 0  # invalid (all-zero) pixels
-    return {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
-            "seg": torch.randint(0, 5, (h, w), generator=g), "depth": torch.rand(1, h, w, generator=g) + 0.5,
-            "normal": normal}
+    return {
+        "image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
+        "seg": torch.randint(0, 5, (h, w), generator=g),
+        "depth": torch.rand(1, h, w, generator=g) + 0.5,
+        "normal": normal,
+    }
 
 
 @pytest.mark.parametrize("scale", [(0.55, 0.55), (1.7, 1.7)])
@@ -85,7 +89,7 @@ def test_normal_metrics_are_pooled_over_every_valid_pixel():
     angles = np.array([0.0, 90.0, 20.0, 60.0])
     assert m["normal/mean"] == pytest.approx(angles.mean())
     assert m["normal/median"] == pytest.approx(np.median(angles), abs=1e-4)  # pooled: not a mean of batch medians
-    assert m["normal/rmse"] == pytest.approx(math.sqrt((angles ** 2).mean()))
+    assert m["normal/rmse"] == pytest.approx(math.sqrt((angles**2).mean()))
     assert (m["normal/a11"], m["normal/a22"], m["normal/a30"]) == pytest.approx((0.25, 0.5, 0.5))
 
 
@@ -125,9 +129,10 @@ def test_three_task_units_start_at_point9_and_split_point1_between_the_others():
     nddr = build_model("image", "nddr", input_size=64, depths=TINY, tasks={"a": 2, "b": 3, "c": 4})
     w = nddr.fusions["layer1"].conv["b"].weight[..., 0, 0]  # (C, 3C): task b's own block is the middle one
     c = w.shape[0]
-    assert torch.allclose(w[:, c:2 * c].diagonal(), torch.tensor(0.9))
-    assert torch.allclose(w[:, :c].diagonal(), torch.tensor(0.05)) and torch.allclose(w[:, 2 * c:].diagonal(),
-                                                                                       torch.tensor(0.05))
+    assert torch.allclose(w[:, c : 2 * c].diagonal(), torch.tensor(0.9))
+    assert torch.allclose(w[:, :c].diagonal(), torch.tensor(0.05)) and torch.allclose(
+        w[:, 2 * c :].diagonal(), torch.tensor(0.05)
+    )
 
 
 def test_tied_afa_equals_pairwise_afa_with_tied_values_and_the_paper_at_two_tasks():
@@ -182,13 +187,18 @@ def test_the_multitask_delta_two_ways_by_hand():
     fused = {"seg/miou": 0.44, "seg/pixel_acc": 0.50, "depth/abs_err": 0.40, "normal/mean": 22.0}
     d = multitask_delta(fused, single)
     # per metric: +10, 0, +20 (an error fell), -10 (an error rose)
-    assert (d["delta/seg/miou"], d["delta/seg/pixel_acc"], d["delta/depth/abs_err"], d["delta/normal/mean"]) == \
-        pytest.approx((10.0, 0.0, 20.0, -10.0))
+    assert (
+        d["delta/seg/miou"],
+        d["delta/seg/pixel_acc"],
+        d["delta/depth/abs_err"],
+        d["delta/normal/mean"],
+    ) == pytest.approx((10.0, 0.0, 20.0, -10.0))
     assert d["delta/mean"] == pytest.approx((10 + 0 + 20 - 10) / 4)  # flat over metrics
     assert d["delta/mean_task"] == pytest.approx(((10 + 0) / 2 + 20 - 10) / 3)  # over tasks
 
 
 # -- training, evaluation and resume with three tasks; Cityscapes ------------------------------------
+
 
 @pytest.fixture(scope="module")
 def mtan(tmp_path_factory):
@@ -207,10 +217,33 @@ def cityscapes(tmp_path_factory):
 def pixel_args(root, tmp, *extra):
     import train_pixel
 
-    return train_pixel.get_args_parser().parse_args([
-        "--data-root", str(root), "--crop-size", "32", "--batch-size", "2", "--epochs", "1", "--limit-batches", "2",
-        "--workers", "0", "--device", "cpu", "--pretrained", "none", "--depths", *map(str, TINY),
-        "--out", str(tmp / "last.pth"), "--logdir", str(tmp / "run"), *extra])
+    return train_pixel.get_args_parser().parse_args(
+        [
+            "--data-root",
+            str(root),
+            "--crop-size",
+            "32",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "1",
+            "--limit-batches",
+            "2",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--pretrained",
+            "none",
+            "--depths",
+            *map(str, TINY),
+            "--out",
+            str(tmp / "last.pth"),
+            "--logdir",
+            str(tmp / "run"),
+            *extra,
+        ]
+    )
 
 
 def test_three_tasks_train_resume_exactly_and_evaluate_from_saved_predictions(mtan, tmp_path, monkeypatch):
@@ -228,7 +261,8 @@ def test_three_tasks_train_resume_exactly_and_evaluate_from_saved_predictions(mt
     assert ck["model_config"]["tasks"] == {"seg": 13, "depth": 1, "normal": 3}
     assert ck["model_config"]["unit_tasks"] == ["normal"]
     assert {"fusion/layer4_0/cam/w/normal/seg", "train/loss/normal", "val/normal/median"} <= set(
-        __import__("json").loads((full / "run" / "log.jsonl").read_text().splitlines()[-1]))
+        __import__("json").loads((full / "run" / "log.jsonl").read_text().splitlines()[-1])
+    )
 
     cut, calls = tmp_path / "cut", {"n": 0}
 
@@ -245,9 +279,27 @@ def test_three_tasks_train_resume_exactly_and_evaluate_from_saved_predictions(mt
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "resume is not exact"
 
     out, preds = tmp_path / "m.json", tmp_path / "preds"
-    assert eval_script.main(eval_script.get_args_parser().parse_args([
-        "--checkpoint", str(full / "last_best.pth"), "--data-root", str(mtan), "--json", str(out),
-        "--save-predictions", str(preds), "--workers", "0", "--device", "cpu"])) == 0
+    assert (
+        eval_script.main(
+            eval_script.get_args_parser().parse_args(
+                [
+                    "--checkpoint",
+                    str(full / "last_best.pth"),
+                    "--data-root",
+                    str(mtan),
+                    "--json",
+                    str(out),
+                    "--save-predictions",
+                    str(preds),
+                    "--workers",
+                    "0",
+                    "--device",
+                    "cpu",
+                ]
+            )
+        )
+        == 0
+    )
     metrics = __import__("json").loads(out.read_text())
     angles = []
     for s in NYUv2(mtan, "test"):
@@ -257,7 +309,7 @@ def test_three_tasks_train_resume_exactly_and_evaluate_from_saved_predictions(mt
     angles = np.concatenate(angles)
     assert metrics["normal/mean"] == pytest.approx(angles.mean(), rel=1e-6)
     assert metrics["normal/median"] == pytest.approx(np.median(angles), rel=1e-5)
-    assert metrics["normal/rmse"] == pytest.approx(np.sqrt((angles ** 2).mean()), rel=1e-6)
+    assert metrics["normal/rmse"] == pytest.approx(np.sqrt((angles**2).mean()), rel=1e-6)
     assert metrics["normal/a30"] == pytest.approx((angles < 30).mean())
 
 
@@ -267,8 +319,9 @@ def test_a_task_the_dataset_lacks_is_one_line(tmp_path, capsys):
     from data.synthetic import write_nyuv2
 
     write_nyuv2(tmp_path / "raw", n=6, frame_size=(32, 40))
-    nyu = prepare_nyuv2(tmp_path / "raw" / "nyu_depth_v2_labeled.mat", tmp_path / "raw" / "splits.mat",
-                        tmp_path / "nyu", progress=False)
+    nyu = prepare_nyuv2(
+        tmp_path / "raw" / "nyu_depth_v2_labeled.mat", tmp_path / "raw" / "splits.mat", tmp_path / "nyu", progress=False
+    )
     assert train_pixel.main(pixel_args(nyu, tmp_path / "r", "--tasks", "seg", "normal")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "has no surface normals (only NYUv2's MTAN folder has them)" in err
@@ -280,14 +333,46 @@ def test_cityscapes_trains_on_non_square_crops_and_evaluates_disparity(cityscape
     from engine.checkpoint import load_checkpoint
 
     run = tmp_path / "cs"
-    assert train_pixel.main(pixel_args(cityscapes, run, "--dataset", "cityscapes", "--seg-classes", "7",
-                                       "--crop-size", "32", "64", "--fusion", "afa")) == 0
+    assert (
+        train_pixel.main(
+            pixel_args(
+                cityscapes,
+                run,
+                "--dataset",
+                "cityscapes",
+                "--seg-classes",
+                "7",
+                "--crop-size",
+                "32",
+                "64",
+                "--fusion",
+                "afa",
+            )
+        )
+        == 0
+    )
     ck = load_checkpoint(run / "last.pth")
     assert ck["model_config"]["input_size"] == [32, 64] and ck["model_config"]["tasks"] == {"seg": 7, "depth": 1}
     assert ck["data"]["dataset"] == "cityscapes" and "disparity" in ck["data"]["units"]["depth"]
     out = tmp_path / "m.json"
-    assert eval_script.main(eval_script.get_args_parser().parse_args([
-        "--checkpoint", str(run / "last_best.pth"), "--data-root", str(cityscapes), "--json", str(out),
-        "--workers", "0", "--device", "cpu"])) == 0
+    assert (
+        eval_script.main(
+            eval_script.get_args_parser().parse_args(
+                [
+                    "--checkpoint",
+                    str(run / "last_best.pth"),
+                    "--data-root",
+                    str(cityscapes),
+                    "--json",
+                    str(out),
+                    "--workers",
+                    "0",
+                    "--device",
+                    "cpu",
+                ]
+            )
+        )
+        == 0
+    )
     metrics = __import__("json").loads(out.read_text())
     assert {"seg/miou", "depth/abs_err"} <= set(metrics) and math.isfinite(metrics["depth/abs_err"])

@@ -33,14 +33,19 @@ def test_matches_the_original_networks(case):
 
 def test_golden_comparison_notices_another_gradient_path():
     # Both branches shielded (the original's older protect mode) must not pass for the latest one.
-    model = parity.build_model("image", "afa", "protect", input_size=parity.SIZES["image"],
-                               depths=parity.DEPTHS["image"], protect_tasks=["gender", "age"]).to(parity.DTYPE)
+    model = parity.build_model(
+        "image",
+        "afa",
+        "protect",
+        input_size=parity.SIZES["image"],
+        depths=parity.DEPTHS["image"],
+        protect_tasks=["gender", "age"],
+    ).to(parity.DTYPE)
     parity.randomise_(model)
     model.eval()
     out = model(parity.inputs("image"))
     parity._loss(out).backward()
-    res = parity.Result({t: y.detach() for t, y in out.items()},
-                        {n: p.grad for n, p in model.named_parameters()})
+    res = parity.Result({t: y.detach() for t, y in out.items()}, {n: p.grad for n, p in model.named_parameters()})
     bad = parity.compare_golden(parity.summarise(res, full_outputs=True), GOLDEN["cases"]["image/afa/protect"])
     # the same outputs (forward values agree in every mode), other gradients in task 2's branch
     assert any(b.startswith("grads trunks.age.") for b in bad) and not any(b.startswith("outputs") for b in bad)

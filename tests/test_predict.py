@@ -38,8 +38,17 @@ def save_tiny(kind: str, path: Path) -> Path:
                 buf.normal_(0, 0.1)
             elif name.endswith("running_var"):
                 buf.uniform_(0.5, 2.0)
-    save_checkpoint({"model": model.state_dict(), "model_config": model.config.to_dict(), "kind": kind,
-                     "args": {"crop_size": SIZE}, "epoch": 1, "best_metrics": {"seg/miou": float("nan")}}, path)
+    save_checkpoint(
+        {
+            "model": model.state_dict(),
+            "model_config": model.config.to_dict(),
+            "kind": kind,
+            "args": {"crop_size": SIZE},
+            "epoch": 1,
+            "best_metrics": {"seg/miou": float("nan")},
+        },
+        path,
+    )
     return path
 
 
@@ -64,12 +73,31 @@ def write_png(path: Path, rgb: np.ndarray, mode: str | None = None) -> Path:
 
 def test_test_frame_as_png_gives_exactly_eval_save_predictions(pixel_ckpt, tmp_path):
     write_nyuv2(tmp_path / "raw", n=4, frame_size=(70, 90), train_fraction=0.5)  # 2 test frames
-    nyu = prepare_nyuv2(tmp_path / "raw" / "nyu_depth_v2_labeled.mat", tmp_path / "raw" / "splits.mat",
-                        tmp_path / "nyu", progress=False)
+    nyu = prepare_nyuv2(
+        tmp_path / "raw" / "nyu_depth_v2_labeled.mat", tmp_path / "raw" / "splits.mat", tmp_path / "nyu", progress=False
+    )
     saved = tmp_path / "eval"
-    assert eval_script.main(eval_script.get_args_parser().parse_args([
-        "--checkpoint", str(pixel_ckpt), "--data-root", str(nyu), "--save-predictions", str(saved),
-        "--workers", "0", "--device", "cpu", "--batch-size", "2"])) == 0
+    assert (
+        eval_script.main(
+            eval_script.get_args_parser().parse_args(
+                [
+                    "--checkpoint",
+                    str(pixel_ckpt),
+                    "--data-root",
+                    str(nyu),
+                    "--save-predictions",
+                    str(saved),
+                    "--workers",
+                    "0",
+                    "--device",
+                    "cpu",
+                    "--batch-size",
+                    "2",
+                ]
+            )
+        )
+        == 0
+    )
     frames = tmp_path / "frames"
     frames.mkdir()
     test = NYUv2(nyu, "test")
@@ -104,7 +132,8 @@ def test_odd_sizes_and_modes_give_outputs_at_their_own_size(pixel_ckpt, tmp_path
         assert seg_png.mode == "P" and np.array_equal(np.asarray(seg_png), pred["seg"])  # pixel value = class id
         depth_png = Image.open(out / f"{name}_depth.png")
         assert depth_png.size == shape[::-1] and float(depth_png.text["depth_max_m"]) == pytest.approx(
-            max(pred["depth"].max(), 1e-3), rel=1e-5)
+            max(pred["depth"].max(), 1e-3), rel=1e-5
+        )
         assert Image.open(out / f"{name}_overlay.png").size == shape[::-1]
     assert len(json.loads((out / "labels.json").read_text())["seg"]) == 40
 
@@ -137,8 +166,19 @@ def test_unreadable_files_are_named_and_skipped_nothing_readable_is_exit_2(image
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (src / "notes.txt").write_text("not an image: not taken from a folder")
     out = tmp_path / "out"
-    assert run("--checkpoint", str(image_ckpt), "--out", str(out), "--batch-size", "2", str(src),
-               str(tmp_path / "missing.png")) == 0
+    assert (
+        run(
+            "--checkpoint",
+            str(image_ckpt),
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+            str(src),
+            str(tmp_path / "missing.png"),
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2 and "broken.jpg" in warnings[0] and "missing.png" in warnings[1]
@@ -197,8 +237,10 @@ def test_export_then_from_pretrained_gives_the_checkpoints_outputs(pixel_ckpt, t
     # strict: a missing tensor or a foreign one is an error naming the file and the keys
     tensors = load_file(str(folder / WEIGHTS_NAME))
     missing = next(k for k in tensors if k.endswith(".weight"))  # (BatchNorm fills in num_batches_tracked)
-    save_file({**{k: v for k, v in tensors.items() if k != missing}, "extra.weight": torch.zeros(1)},
-              str(folder / WEIGHTS_NAME))
+    save_file(
+        {**{k: v for k, v in tensors.items() if k != missing}, "extra.weight": torch.zeros(1)},
+        str(folder / WEIGHTS_NAME),
+    )
     with pytest.raises(PretrainedError, match=f"does not fit.*{missing}.*extra.weight"):
         from_pretrained(folder)
 
@@ -209,7 +251,8 @@ def test_labels_and_preprocessing_of_the_config():
     assert ImageFamily.preprocessing(image, {})["resize_shorter_side"] == round(SIZE * 256 / 224)
     assert PixelFamily.labels({"kind": "pixel", "tasks": {"seg": 13, "depth": 1}}, {})["seg"][0] == "bed"
     assert PixelFamily.labels({"kind": "pixel", "tasks": {"seg": 3, "depth": 1}}, {}) == {
-        "seg": ["class_0", "class_1", "class_2"]}
+        "seg": ["class_0", "class_1", "class_2"]
+    }
     # the class names a checkpoint recorded win over the tables
     recorded = {"labels": {"seg": ["a", "b", "c"]}}
     assert PixelFamily.labels({"kind": "pixel", "tasks": {"seg": 3, "depth": 1}}, recorded) == {"seg": ["a", "b", "c"]}
@@ -266,15 +309,17 @@ def test_series_folders_are_ranked_by_pairwise_wins(tmp_path):
     with torch.no_grad():  # a head that reads the features, so that photos differ in preference
         model.fc.weight.normal_(0, 1.0)
     ck = tmp_path / "series.pth"
-    save_checkpoint({"model": model.state_dict(), "model_config": model.config.to_dict(), "kind": "series",
-                     "args": {}}, ck)
+    save_checkpoint(
+        {"model": model.state_dict(), "model_config": model.config.to_dict(), "kind": "series", "args": {}}, ck
+    )
     rng = np.random.default_rng(0)
     folders = {}
     for name, n in (("scene1", 3), ("scene2", 2)):
         d = tmp_path / "in" / name
         d.mkdir(parents=True)
-        folders[name] = [write_png(d / f"{k}.png", rng.integers(0, 256, (40 + 8 * k, 48, 3), dtype=np.uint8))
-                         for k in range(n)]
+        folders[name] = [
+            write_png(d / f"{k}.png", rng.integers(0, 256, (40 + 8 * k, 48, 3), dtype=np.uint8)) for k in range(n)
+        ]
     assert run("--checkpoint", str(ck), "--out", str(tmp_path / "out"), str(tmp_path / "in")) == 0
     with open(tmp_path / "out" / "ranking.csv") as f:
         rows = list(csv.DictReader(f))
@@ -289,7 +334,7 @@ def test_series_folders_are_ranked_by_pairwise_wins(tmp_path):
         wins = dict.fromkeys(x, 0)
         with torch.no_grad():
             for i, a in enumerate(paths):
-                for b in paths[i + 1:]:
+                for b in paths[i + 1 :]:
                     prob_a = model(x[str(a)], x[str(b)])["pair"].double().softmax(1)[0, 0]
                     wins[str(a) if prob_a > 0.5 else str(b)] += 1
         assert {r["path"]: int(r["wins"]) for r in mine} == wins
@@ -299,8 +344,9 @@ def test_series_network_exports_and_loads_through_torch_hub(tmp_path):
     torch.manual_seed(0)
     model = build_model("series", "pau", input_size=32, depths=TINY).eval()
     ck = tmp_path / "series.pth"
-    save_checkpoint({"model": model.state_dict(), "model_config": model.config.to_dict(), "kind": "series",
-                     "args": {}}, ck)
+    save_checkpoint(
+        {"model": model.state_dict(), "model_config": model.config.to_dict(), "kind": "series", "args": {}}, ck
+    )
     folder = export(ck, tmp_path / "released")
     a, b = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
     hub = torch.hub.load(str(REPO), "afanet_series", source="local", weights=str(folder))
@@ -333,8 +379,16 @@ def test_a_large_photo_is_predicted_at_the_training_frames_scale(tmp_path, capsy
     torch.manual_seed(0)
     model = build_model("pixel", "afa", input_size=32, depths=[1, 1, 1, 3]).eval()
     ck = tmp_path / "pixel.pth"
-    save_checkpoint({"model": model.state_dict(), "model_config": model.config.to_dict(), "kind": "pixel",
-                     "args": {}, "data": {"frame_size": [40, 50]}}, ck)
+    save_checkpoint(
+        {
+            "model": model.state_dict(),
+            "model_config": model.config.to_dict(),
+            "kind": "pixel",
+            "args": {},
+            "data": {"frame_size": [40, 50]},
+        },
+        ck,
+    )
     photo = np.random.default_rng(0).integers(0, 256, (120, 150, 3), dtype=np.uint8)
     write_png(tmp_path / "big.png", photo)
     assert run("--checkpoint", str(ck), "--out", str(tmp_path / "out"), str(tmp_path / "big.png")) == 0
@@ -352,8 +406,10 @@ def test_a_large_photo_is_predicted_at_the_training_frames_scale(tmp_path, capsy
     assert np.array_equal(pred["seg"], seg)
 
     # --native-scale: windows over the photo itself, as before; outputs at its size too
-    assert run("--checkpoint", str(ck), "--out", str(tmp_path / "native"), "--native-scale",
-               str(tmp_path / "big.png")) == 0
+    assert (
+        run("--checkpoint", str(ck), "--out", str(tmp_path / "native"), "--native-scale", str(tmp_path / "big.png"))
+        == 0
+    )
     native = np.load(tmp_path / "native" / "big.npz")
     assert native["seg"].shape == (120, 150) and not np.array_equal(native["depth"], pred["depth"])
 

@@ -20,8 +20,22 @@ from data.synthetic import write_adience
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_KEYS = ["gender/acc", "age/acc", "age/one_off"]
-TOY = ["--crop-size", "32", "--epochs", "1", "--limit-batches", "2", "--workers", "0", "--device", "cpu",
-       "--pretrained", "none", "--batch-size", "4"]
+TOY = [
+    "--crop-size",
+    "32",
+    "--epochs",
+    "1",
+    "--limit-batches",
+    "2",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--pretrained",
+    "none",
+    "--batch-size",
+    "4",
+]
 
 
 def dry_run(capsys, *argv):
@@ -38,9 +52,25 @@ def flag(cmd: list[str], name: str) -> str | None:
 
 def test_dry_run_lists_runs_in_dependency_order(tmp_path, capsys):
     out = tmp_path / "out"
-    code, lines, err = dry_run(capsys, "adience", "--data-root", str(tmp_path), "--out", str(out),
-                               "--methods", "afa,shared", "--folds", "0-1", "--seeds", "3", "--",
-                               "--epochs", "1", "--device", "cpu")
+    code, lines, err = dry_run(
+        capsys,
+        "adience",
+        "--data-root",
+        str(tmp_path),
+        "--out",
+        str(out),
+        "--methods",
+        "afa,shared",
+        "--folds",
+        "0-1",
+        "--seeds",
+        "3",
+        "--",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+    )
     assert code == 0
     assert "plan: 6 runs of adience" in err and "0 finished, 0 interrupted (resumed), 6 to train" in err
     runs = []
@@ -62,16 +92,33 @@ def test_dry_run_lists_runs_in_dependency_order(tmp_path, capsys):
         else:
             assert init is None
     # The single-task runs come along for the stage-2 method, and every stage-1 run precedes stage 2.
-    assert runs == [("none", "0", "adience/none/fold0_seed3"), ("shared", "0", "adience/shared/fold0_seed3"),
-                    ("none", "1", "adience/none/fold1_seed3"), ("shared", "1", "adience/shared/fold1_seed3"),
-                    ("afa", "0", "adience/afa/fold0_seed3"), ("afa", "1", "adience/afa/fold1_seed3")]
+    assert runs == [
+        ("none", "0", "adience/none/fold0_seed3"),
+        ("shared", "0", "adience/shared/fold0_seed3"),
+        ("none", "1", "adience/none/fold1_seed3"),
+        ("shared", "1", "adience/shared/fold1_seed3"),
+        ("afa", "0", "adience/afa/fold0_seed3"),
+        ("afa", "1", "adience/afa/fold1_seed3"),
+    ]
     assert not out.exists()  # a dry run creates nothing
 
 
 def test_dry_run_nyuv2_layout_torchrun_and_errors(tmp_path, capsys):
     out = tmp_path / "out"
-    code, lines, _ = dry_run(capsys, "nyuv2", "--data-root", str(tmp_path), "--out", str(out), "--methods",
-                             "none,afa", "--seeds", "0,1", "--torchrun", "4")
+    code, lines, _ = dry_run(
+        capsys,
+        "nyuv2",
+        "--data-root",
+        str(tmp_path),
+        "--out",
+        str(out),
+        "--methods",
+        "none,afa",
+        "--seeds",
+        "0,1",
+        "--torchrun",
+        "4",
+    )
     assert code == 0 and len(lines) == 4
     train, evaluate = (shlex.split(c) for c in lines[3])
     assert train[:4] == ["torchrun", "--standalone", "--nproc_per_node=4", str(REPO / "train_pixel.py")]
@@ -86,7 +133,8 @@ def test_dry_run_nyuv2_layout_torchrun_and_errors(tmp_path, capsys):
     if not (REPO / "train_series.py").exists():
         assert reproduce.main(["run", "series", "--data-root", str(tmp_path), "--out", str(out)]) == 2
         assert capsys.readouterr().err.strip() == (
-            "error: family 'series' needs train_series.py, which this checkout does not have")
+            "error: family 'series' needs train_series.py, which this checkout does not have"
+        )
 
 
 def test_finished_runs_are_skipped_and_interrupted_runs_resumed(tmp_path, capsys):
@@ -96,8 +144,9 @@ def test_finished_runs_are_skipped_and_interrupted_runs_resumed(tmp_path, capsys
     (single / "checkpoint_last.pth").write_bytes(b"state")  # interrupted: a checkpoint, no eval.json
     fused.mkdir(parents=True)
     (fused / "eval.json").write_text("{}")  # finished
-    code, lines, err = dry_run(capsys, "adience", "--data-root", str(tmp_path), "--out", str(out), "--methods",
-                               "none,afa", "--folds", "2")
+    code, lines, err = dry_run(
+        capsys, "adience", "--data-root", str(tmp_path), "--out", str(out), "--methods", "none,afa", "--folds", "2"
+    )
     assert code == 0 and "1 finished, 1 interrupted (resumed), 0 to train" in err
     assert "[2/2] adience/afa/fold2_seed0: finished, skipped" in err
     assert len(lines) == 1
@@ -111,8 +160,9 @@ def test_an_attempt_without_a_checkpoint_is_replaced(tmp_path, capsys):
     failed = out / "adience" / "none" / "fold2_seed0"
     failed.mkdir(parents=True)
     (failed / "args.json").write_text("{}")  # stopped before its first checkpoint: logs only
-    code, lines, err = dry_run(capsys, "adience", "--data-root", str(tmp_path), "--out", str(out), "--methods",
-                               "none", "--folds", "2")
+    code, lines, err = dry_run(
+        capsys, "adience", "--data-root", str(tmp_path), "--out", str(out), "--methods", "none", "--folds", "2"
+    )
     assert code == 0 and "1 to train" in err
     train = shlex.split(lines[0][0])
     assert "--overwrite" in train and "--resume" not in train
@@ -121,12 +171,25 @@ def test_an_attempt_without_a_checkpoint_is_replaced(tmp_path, capsys):
 def test_a_failing_run_stops_the_protocol_with_its_exit_code(tmp_path, capsys, monkeypatch):
     calls = []
     monkeypatch.setattr(reproduce, "execute", lambda cmd: calls.append(cmd) or 3)
-    code = reproduce.main(["run", "adience", "--data-root", str(tmp_path), "--out", str(tmp_path / "out"),
-                           "--methods", "none,afa", "--folds", "0,1"])
+    code = reproduce.main(
+        [
+            "run",
+            "adience",
+            "--data-root",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+            "--methods",
+            "none,afa",
+            "--folds",
+            "0,1",
+        ]
+    )
     assert code == 3 and len(calls) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: run adience/none/fold0_seed0: training (train_image.py) failed with exit code 3; "
-                   "finished runs are kept"]
+    assert err == [
+        "error: run adience/none/fold0_seed0: training (train_image.py) failed with exit code 3; finished runs are kept"
+    ]
 
 
 def write_run(root: Path, family: str, method: str, name: str, metrics: dict, per_class: dict | None = None):
@@ -159,14 +222,21 @@ def test_report_means_stds_and_deltas_equal_recomputed_values(tmp_path, capsys):
             assert rows[method, k]["std"] == pytest.approx(statistics.stdev(v))  # n - 1
             assert rows[method, k]["n"] == 2
     # Delta_m per fold (all three metrics: higher is better), then mean and sample std over folds.
-    deltas = [100 * sum((made_up["afa", f][k] - made_up["none", f][k]) / made_up["none", f][k]
-                        for k in IMAGE_KEYS) / 3 for f in (0, 1)]
+    deltas = [
+        100 * sum((made_up["afa", f][k] - made_up["none", f][k]) / made_up["none", f][k] for k in IMAGE_KEYS) / 3
+        for f in (0, 1)
+    ]
     assert rows["afa", "delta_m"]["mean"] == pytest.approx(statistics.mean(deltas))
     assert rows["afa", "delta_m"]["std"] == pytest.approx(statistics.stdev(deltas))
     assert ("none", "delta_m") not in rows
     # One run: std undefined (null), n = 1; a missing metric leaves n = 0; delta over the metrics both report.
-    assert rows["shared", "gender/acc"] == {"method": "shared", "metric": "gender/acc", "mean": 0.84, "std": None,
-                                            "n": 1}
+    assert rows["shared", "gender/acc"] == {
+        "method": "shared",
+        "metric": "gender/acc",
+        "mean": 0.84,
+        "std": None,
+        "n": 1,
+    }
     assert rows["shared", "age/one_off"]["n"] == 0
     shared_delta = 100 * ((0.84 - 0.70) / 0.70 + (0.45 - 0.50) / 0.50) / 2
     assert rows["shared", "delta_m"]["mean"] == pytest.approx(shared_delta) and rows["shared", "delta_m"]["n"] == 1
@@ -205,8 +275,11 @@ def test_report_nyuv2_directions_and_per_class_iou(tmp_path, capsys):
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, str]]:
-    return {p.relative_to(root).as_posix(): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.slow
@@ -215,8 +288,24 @@ def test_toy_protocol_runs_once_and_reports(tmp_path):
     command again trains nothing and touches nothing; the report equals the eval.json files."""
     data = write_adience(tmp_path / "adience", per_fold=14, size=48)
     out = tmp_path / "out"
-    cmd = [sys.executable, str(REPO / "reproduce.py"), "run", "adience", "--data-root", str(data), "--out", str(out),
-           "--methods", "none,afa", "--folds", "0", "--seeds", "0", "--", *TOY]
+    cmd = [
+        sys.executable,
+        str(REPO / "reproduce.py"),
+        "run",
+        "adience",
+        "--data-root",
+        str(data),
+        "--out",
+        str(out),
+        "--methods",
+        "none,afa",
+        "--folds",
+        "0",
+        "--seeds",
+        "0",
+        "--",
+        *TOY,
+    ]
     first = subprocess.run(cmd, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "plan: 2 runs of adience" in first.stdout and "2 to train" in first.stdout
@@ -224,7 +313,8 @@ def test_toy_protocol_runs_once_and_reports(tmp_path):
     for method in ("none", "afa"):
         run = out / "adience" / method / "fold0_seed0"
         assert {"args.json", "eval.json", "checkpoint_last.pth", "checkpoint_best.pth", "log.jsonl"} <= {
-            p.name for p in run.iterdir()}
+            p.name for p in run.iterdir()
+        }
         settings = json.loads((run / "args.json").read_text())
         assert settings["fusion"] == method and settings["test_fold"] == 0 and settings["seed"] == 0
         evals[method] = json.loads((run / "eval.json").read_text())
@@ -280,17 +370,19 @@ def test_a_signal_reaches_the_running_command_once(tmp_path):
     import time
 
     ready, count = tmp_path / "ready", tmp_path / "count"
-    child = ("import signal, sys, time, pathlib\n"
-             "n = []\n"
-             "def h(s, f):\n"
-             "    n.append(s)\n"
-             f"signal.signal(signal.SIGINT, h)\npathlib.Path({str(ready)!r}).touch()\n"
-             "t = time.time()\n"
-             "while not n and time.time() - t < 20:\n"
-             "    time.sleep(0.05)\n"
-             "time.sleep(0.5)\n"
-             f"pathlib.Path({str(count)!r}).write_text(str(len(n)))\n"
-             "sys.exit(130)\n")
+    child = (
+        "import signal, sys, time, pathlib\n"
+        "n = []\n"
+        "def h(s, f):\n"
+        "    n.append(s)\n"
+        f"signal.signal(signal.SIGINT, h)\npathlib.Path({str(ready)!r}).touch()\n"
+        "t = time.time()\n"
+        "while not n and time.time() - t < 20:\n"
+        "    time.sleep(0.05)\n"
+        "time.sleep(0.5)\n"
+        f"pathlib.Path({str(count)!r}).write_text(str(len(n)))\n"
+        "sys.exit(130)\n"
+    )
 
     def interrupt():
         for _ in range(400):

@@ -15,10 +15,34 @@ from engine.runs import SAFE_ON_RESUME, parse_with_explicit
 
 
 def argv(adience, tmp: Path, *extra: str) -> list[str]:
-    return ["--data-root", str(adience), "--crop-size", "32", "--batch-size", "4", "--epochs", "1",
-            "--limit-batches", "2", "--workers", "0", "--device", "cpu", "--pretrained", "none",
-            "--depths", "1", "1", "1", "3", "--out", str(tmp / "w" / "image_last.pth"), "--logdir", str(tmp / "run"),
-            *extra]
+    return [
+        "--data-root",
+        str(adience),
+        "--crop-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--limit-batches",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--pretrained",
+        "none",
+        "--depths",
+        "1",
+        "1",
+        "1",
+        "3",
+        "--out",
+        str(tmp / "w" / "image_last.pth"),
+        "--logdir",
+        str(tmp / "run"),
+        *extra,
+    ]
 
 
 def run(args: list[str]) -> int:
@@ -27,8 +51,11 @@ def run(args: list[str]) -> int:
 
 
 def digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def one_error_line(capsys) -> str:
@@ -65,8 +92,10 @@ def test_fresh_runs_never_write_over_a_run_and_overwrite_replaces_it(adience, tm
     assert run(argv(adience, tmp_path, "--out", str(tmp_path / "other" / "image_last.pth"))) == 2
     assert "log.jsonl already holds a run" in one_error_line(capsys)
     # Stage 2 must not write over its own --init file.
-    assert run(argv(adience, tmp_path, "--fusion", "afa", "--overwrite", "--init",
-                    str(tmp_path / "w" / "image_best.pth"))) == 2
+    assert (
+        run(argv(adience, tmp_path, "--fusion", "afa", "--overwrite", "--init", str(tmp_path / "w" / "image_best.pth")))
+        == 2
+    )
     assert "would write over it" in one_error_line(capsys)
     assert digests(tmp_path) == first
 
@@ -123,8 +152,9 @@ def test_extending_a_step_schedule_reports_its_own_rule(caplog):
     from engine.runs import schedule_length
     from engine.schedule import Schedule
 
-    settings = argparse.Namespace(epochs=3, lr=0.1, schedule="step", warmup_iters=0, step_every=0, step_epochs=1,
-                                  step_gamma=0.5)
+    settings = argparse.Namespace(
+        epochs=3, lr=0.1, schedule="step", warmup_iters=0, step_every=0, step_epochs=1, step_gamma=0.5
+    )
     resume = {"args": {"epochs": 2}, "train_state": {"iteration": 4, "schedule_total": 4}}
     with caplog.at_level(logging.INFO, logger="engine.runs"):
         assert schedule_length(settings, 2, resume) == 6

@@ -66,7 +66,7 @@ def test_sample_seeds_are_distinct_past_10007_samples():
     size, epochs, seeds = 30_000, 4, (0, 1, 1234)
     values = {sample_seed(s, e, i, size) for s in seeds for e in range(epochs) for i in range(size)}
     assert len(values) == len(seeds) * epochs * size
-    assert all(0 <= v < 2 ** 64 for v in list(values)[:1000])
+    assert all(0 <= v < 2**64 for v in list(values)[:1000])
     # torch's CPU generator keeps only the low 32 bits of a seed: those are distinct within a run too.
     for s in seeds:
         low = {sample_seed(s, e, i, size) & 0xFFFFFFFF for e in range(epochs) for i in range(size)}

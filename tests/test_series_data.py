@@ -72,8 +72,12 @@ def test_reader_errors_name_what_is_wrong(official):
         Phototriage(official, "train")  # at build time, not at the first read
     Phototriage(official, "val")  # its photos are all there
     lists = official / "train_val" / "val_pairlist.txt"
-    for bad, what in [("3 1 2 0.3 2\n", "line 2 has 5 fields; expected 6"), ("3 1 x 0.3 2 1\n", "line 2: '3 1 x"),
-                      ("3 1 2 1.3 2 1\n", "line 2: p = 1.3"), ("3 2 2 0.3 2 1\n", "line 2: series 3, photos 2 and 2")]:
+    for bad, what in [
+        ("3 1 2 0.3 2\n", "line 2 has 5 fields; expected 6"),
+        ("3 1 x 0.3 2 1\n", "line 2: '3 1 x"),
+        ("3 1 2 1.3 2 1\n", "line 2: p = 1.3"),
+        ("3 2 2 0.3 2 1\n", "line 2: series 3, photos 2 and 2"),
+    ]:
         lists.write_text(VAL + bad)
         with pytest.raises(DataError, match=f"val_pairlist.txt: {what}"):
             read_pairlist(lists)
@@ -86,8 +90,20 @@ def test_reader_errors_name_what_is_wrong(official):
 
 def test_script_exits_2_with_one_line_on_bad_data(official, tmp_path, capsys):
     (official / "train_val/train_val_imgs/000003-03.JPG").unlink()
-    base = ["--crop-size", "32", "--device", "cpu", "--workers", "0", "--pretrained", "none",
-            "--out", str(tmp_path / "w" / "s_last.pth"), "--logdir", str(tmp_path / "run")]
+    base = [
+        "--crop-size",
+        "32",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--pretrained",
+        "none",
+        "--out",
+        str(tmp_path / "w" / "s_last.pth"),
+        "--logdir",
+        str(tmp_path / "run"),
+    ]
     for root, what in [(official, "1 image file(s) of the train pairs missing"), (tmp_path / "none", "not found")]:
         code = train_series.main(train_series.get_args_parser().parse_args(["--data-root", str(root), *base]))
         err = capsys.readouterr().err

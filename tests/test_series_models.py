@@ -13,7 +13,6 @@ from models import build_model, convert_reference_state_dict, model_from_config,
 from models.series import PAUnit, SeriesConfig
 from tools.series_golden import GOLDEN, named_values, ours, pair_input, run_pair, summarise
 
-
 TINY = [1, 1, 1, 1]  # one bottleneck per stage: the structure, cheaply (the golden-file tests use ResNet-50)
 
 
@@ -112,8 +111,9 @@ def test_key_conversion_is_strict_and_covers_the_original_names():
         sd = model.state_dict()
         ref = to_reference_state_dict(sd, "series", fusion)
         params = {n for n, _ in model.named_parameters()}
-        assert {k for k in ref if convert_reference_state_dict({k: ref[k]}, "series", fusion).keys() <= params} \
-            == set(golden["nets"][fusion]["grads"])  # exactly the original's parameter names
+        assert {k for k in ref if convert_reference_state_dict({k: ref[k]}, "series", fusion).keys() <= params} == set(
+            golden["nets"][fusion]["grads"]
+        )  # exactly the original's parameter names
         assert convert_reference_state_dict(ref, "series", fusion).keys() == sd.keys()
         with pytest.raises(ValueError, match="1 keys are not"):
             convert_reference_state_dict({**ref, "pau31.conv1.weight": torch.zeros(1)}, "series", fusion)
@@ -124,8 +124,10 @@ def test_key_conversion_is_strict_and_covers_the_original_names():
 @pytest.mark.parametrize("fusion", ["pau", "siamese"])
 def test_outputs_and_gradients_match_the_original_golden_file(fusion):
     golden = json.loads(GOLDEN.read_text())["nets"][fusion]
-    shapes = {k: v.shape for k, v in to_reference_state_dict(build_model("series", fusion).state_dict(), "series",
-                                                              fusion).items()}
+    shapes = {
+        k: v.shape
+        for k, v in to_reference_state_dict(build_model("series", fusion).state_dict(), "series", fusion).items()
+    }
     model = ours(fusion, named_values(shapes))
     logits, grads = run_pair(model, *pair_input(), key="pair")
     assert torch.allclose(logits, torch.tensor(golden["logits"], dtype=torch.float64), rtol=1e-9, atol=1e-12)

@@ -57,6 +57,8 @@ def test_outputs_and_every_gradient_equal_the_original(fusion):
     out_err = ((out - out_ref).norm() / out_ref.norm()).item()
     errs = {k: ((grads[k] - grads_ref[k]).norm() / grads_ref[k].norm().clamp_min(1e-30)).item() for k in grads}
     worst = max(errs, key=errs.get)
-    print(f"\n{fusion}: logits {out_ref.tolist()}; output rel. err {out_err:.2e}; "
-          f"{len(errs)} parameter gradients, max rel. err {errs[worst]:.2e} ({worst})")
+    print(
+        f"\n{fusion}: logits {out_ref.tolist()}; output rel. err {out_err:.2e}; "
+        f"{len(errs)} parameter gradients, max rel. err {errs[worst]:.2e} ({worst})"
+    )
     assert out_err < 1e-5 and errs[worst] < 1e-5

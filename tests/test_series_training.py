@@ -36,10 +36,33 @@ def phototriage(tmp_path_factory):
 
 
 def args(root, tmp, *extra):
-    return train_series.get_args_parser().parse_args([
-        "--data-root", str(root), "--crop-size", "32", "--batch-size", "2", "--epochs", "1", "--limit-batches", "2",
-        "--workers", "0", "--device", "cpu", "--pretrained", "none", "--depths", *TINY,
-        "--out", str(tmp / "series_last.pth"), "--logdir", str(tmp / "run"), *extra])
+    return train_series.get_args_parser().parse_args(
+        [
+            "--data-root",
+            str(root),
+            "--crop-size",
+            "32",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "1",
+            "--limit-batches",
+            "2",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--pretrained",
+            "none",
+            "--depths",
+            *TINY,
+            "--out",
+            str(tmp / "series_last.pth"),
+            "--logdir",
+            str(tmp / "run"),
+            *extra,
+        ]
+    )
 
 
 def recompute(rows):
@@ -59,8 +82,12 @@ def recompute(rows):
             return wins, soft, -x
 
         top.append(max(photos, key=lambda x: score(x, 4)) == max(photos, key=lambda x: score(x, 3)))
-    return {"pair/acc": sum(hit) / len(hit), "pair/acc_agree": sum(agree) / len(agree),
-            "pair/nll": sum(nll) / len(nll), "series/top1": sum(top) / len(top)}
+    return {
+        "pair/acc": sum(hit) / len(hit),
+        "pair/acc_agree": sum(agree) / len(agree),
+        "pair/nll": sum(nll) / len(nll),
+        "series/top1": sum(top) / len(top),
+    }
 
 
 def test_train_eval_and_metrics_recomputed_from_predictions_csv(phototriage, tmp_path):
@@ -69,17 +96,40 @@ def test_train_eval_and_metrics_recomputed_from_predictions_csv(phototriage, tmp
     # and the PAU descriptors (cubic in the features) would overflow in eval mode
     assert train_series.main(args(phototriage, run, "--log-every", "1", "--precise-bn", "2")) == 0
     ck = load_checkpoint(run / "series_best.pth")
-    assert ck["kind"] == "series" and ck["model_config"] == {"kind": "series", "fusion": "pau", "input_size": 32,
-                                                             "shared_units": False, "symmetric": False,
-                                                             "depths": [int(n) for n in TINY]}
+    assert ck["kind"] == "series" and ck["model_config"] == {
+        "kind": "series",
+        "fusion": "pau",
+        "input_size": 32,
+        "shared_units": False,
+        "symmetric": False,
+        "depths": [int(n) for n in TINY],
+    }
     assert {"loss/pair", "opt/lr_head", "val/pair/acc", "val/series/top1"} <= event_scalars(run / "run")
     record = json.loads((run / "run" / "log.jsonl").read_text().splitlines()[0])
     assert {f"val/{k}" for k in KEYS} <= set(record) and record["val/score"] == record["val/pair/acc"]
 
     out_json, preds = tmp_path / "m.json", tmp_path / "preds"
-    assert eval_script.main(eval_script.get_args_parser().parse_args([
-        "--checkpoint", str(run / "series_best.pth"), "--data-root", str(phototriage), "--json", str(out_json),
-        "--save-predictions", str(preds), "--workers", "0", "--device", "cpu"])) == 0
+    assert (
+        eval_script.main(
+            eval_script.get_args_parser().parse_args(
+                [
+                    "--checkpoint",
+                    str(run / "series_best.pth"),
+                    "--data-root",
+                    str(phototriage),
+                    "--json",
+                    str(out_json),
+                    "--save-predictions",
+                    str(preds),
+                    "--workers",
+                    "0",
+                    "--device",
+                    "cpu",
+                ]
+            )
+        )
+        == 0
+    )
     metrics = json.loads(out_json.read_text())
     assert list(metrics) == KEYS and all(math.isfinite(v) for v in metrics.values())
     with open(preds / "predictions.csv") as f:
@@ -119,15 +169,19 @@ def test_resume_is_bit_exact_also_mid_epoch(phototriage, tmp_path, monkeypatch):
 
 def test_series_metrics_against_hand_computed_values():
     rows = [  # series, i, j, p, prob_i
-        (7, 1, 2, 0.9, 0.8),   # right, agreed
-        (7, 1, 3, 0.6, 0.3),   # wrong, not agreed
-        (7, 2, 3, 0.2, 0.4),   # right (3 wins), agreed
+        (7, 1, 2, 0.9, 0.8),  # right, agreed
+        (7, 1, 3, 0.6, 0.3),  # wrong, not agreed
+        (7, 2, 3, 0.2, 0.4),  # right (3 wins), agreed
         (9, 1, 2, 0.25, 0.7),  # wrong, agreed
     ]
     m = series_metrics(rows)
     assert m["pair/acc"] == pytest.approx(2 / 4) and m["pair/acc_agree"] == pytest.approx(2 / 3)
-    nll = -(0.9 * math.log(0.8) + 0.1 * math.log(0.2)) - (0.6 * math.log(0.3) + 0.4 * math.log(0.7)) \
-        - (0.2 * math.log(0.4) + 0.8 * math.log(0.6)) - (0.25 * math.log(0.7) + 0.75 * math.log(0.3))
+    nll = (
+        -(0.9 * math.log(0.8) + 0.1 * math.log(0.2))
+        - (0.6 * math.log(0.3) + 0.4 * math.log(0.7))
+        - (0.2 * math.log(0.4) + 0.8 * math.log(0.6))
+        - (0.25 * math.log(0.7) + 0.75 * math.log(0.3))
+    )
     assert m["pair/nll"] == pytest.approx(nll / 4)
     # series 7: raters' wins 1: 2, 2: 0, 3: 1 -> photo 1; predicted wins 1: 1 (beats 2), 2: 0, 3: 2 -> photo 3
     # series 9: raters prefer 2, the net 1 -> both wrong
@@ -145,11 +199,38 @@ def test_series_metrics_against_hand_computed_values():
 def test_torchrun_two_processes_rank_the_series_whole(phototriage, tmp_path):
     """Validation pairs are split across ranks; the gathered metrics equal one process's."""
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "train_series.py", "--data-root", str(phototriage),
-           "--crop-size", "32", "--batch-size", "2", "--epochs", "1", "--limit-batches", "3", "--workers", "0",
-           "--device", "cpu", "--pretrained", "none", "--fusion", "siamese", "--depths", *TINY,
-           "--out", str(tmp_path / "ddp_last.pth"),
-           "--logdir", str(tmp_path / "run"), "--precise-bn", "2"]  # the same BN statistics on both ranks
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node=2",
+        "train_series.py",
+        "--data-root",
+        str(phototriage),
+        "--crop-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "1",
+        "--limit-batches",
+        "3",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--pretrained",
+        "none",
+        "--fusion",
+        "siamese",
+        "--depths",
+        *TINY,
+        "--out",
+        str(tmp_path / "ddp_last.pth"),
+        "--logdir",
+        str(tmp_path / "run"),
+        "--precise-bn",
+        "2",
+    ]  # the same BN statistics on both ranks
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

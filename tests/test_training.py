@@ -26,27 +26,83 @@ from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.metrics import DepthMeter, ImageMeter, SegMeter, multitask_delta
 
 REPO = Path(__file__).resolve().parents[1]
-PIXEL_KEYS = ["seg/miou", "seg/pixel_acc", "seg/mean_class_acc", "seg/fwiou", "depth/abs_err", "depth/rel_err",
-              "depth/sq_rel", "depth/log10", "depth/rmse", "depth/rmse_log", "depth/delta1", "depth/delta2",
-              "depth/delta3"]
+PIXEL_KEYS = [
+    "seg/miou",
+    "seg/pixel_acc",
+    "seg/mean_class_acc",
+    "seg/fwiou",
+    "depth/abs_err",
+    "depth/rel_err",
+    "depth/sq_rel",
+    "depth/log10",
+    "depth/rmse",
+    "depth/rmse_log",
+    "depth/delta1",
+    "depth/delta2",
+    "depth/delta3",
+]
 IMAGE_KEYS = ["gender/acc", "age/acc", "age/one_off"]
 TINY = ["1", "1", "1", "3"]
 
 
 def pixel_args(nyu, tmp, *extra):
-    return train_pixel.get_args_parser().parse_args([
-        "--data-root", str(nyu), "--crop-size", "64", "--batch-size", "2", "--epochs", "1", "--limit-batches", "2",
-        "--workers", "0", "--device", "cpu", "--pretrained", "none", "--depths", *TINY,
-        "--out", str(tmp / "pixel_last.pth"),
-        "--logdir", str(tmp / "run"), *extra])
+    return train_pixel.get_args_parser().parse_args(
+        [
+            "--data-root",
+            str(nyu),
+            "--crop-size",
+            "64",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "1",
+            "--limit-batches",
+            "2",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--pretrained",
+            "none",
+            "--depths",
+            *TINY,
+            "--out",
+            str(tmp / "pixel_last.pth"),
+            "--logdir",
+            str(tmp / "run"),
+            *extra,
+        ]
+    )
 
 
 def image_args(adience, tmp, *extra):
-    return train_image.get_args_parser().parse_args([
-        "--data-root", str(adience), "--crop-size", "32", "--batch-size", "4", "--epochs", "1", "--limit-batches",
-        "2", "--workers", "0", "--device", "cpu", "--pretrained", "none", "--depths", *TINY,
-        "--out", str(tmp / "image_last.pth"),
-        "--logdir", str(tmp / "run"), *extra])
+    return train_image.get_args_parser().parse_args(
+        [
+            "--data-root",
+            str(adience),
+            "--crop-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--limit-batches",
+            "2",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--pretrained",
+            "none",
+            "--depths",
+            *TINY,
+            "--out",
+            str(tmp / "image_last.pth"),
+            "--logdir",
+            str(tmp / "run"),
+            *extra,
+        ]
+    )
 
 
 def event_scalars(logdir: Path) -> set[str]:
@@ -58,8 +114,8 @@ def event_scalars(logdir: Path) -> set[str]:
         data = f.read_bytes()
         pos = 0
         while pos < len(data):
-            (n,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
             tags.update(v.tag for v in event.summary.value)
             pos += 12 + n + 4
     return tags
@@ -80,9 +136,24 @@ def test_pixel_stage1_stage2_eval_and_saved_predictions(nyu, tmp_path, capsys):
     assert ck["model_config"]["fusion"] == "afa" and ck["model_config"]["input_size"] == 64
 
     out_json, preds = tmp_path / "m.json", tmp_path / "preds"
-    eval_args = eval_script.get_args_parser().parse_args([
-        "--checkpoint", str(s2 / "pixel_best.pth"), "--data-root", str(nyu), "--json", str(out_json),
-        "--save-predictions", str(preds), "--workers", "0", "--device", "cpu", "--plot", str(tmp_path / "plots")])
+    eval_args = eval_script.get_args_parser().parse_args(
+        [
+            "--checkpoint",
+            str(s2 / "pixel_best.pth"),
+            "--data-root",
+            str(nyu),
+            "--json",
+            str(out_json),
+            "--save-predictions",
+            str(preds),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--plot",
+            str(tmp_path / "plots"),
+        ]
+    )
     assert eval_script.main(eval_args) == 0
     metrics = json.loads(out_json.read_text())
     assert list(metrics) == PIXEL_KEYS
@@ -113,19 +184,47 @@ def test_pixel_stage1_stage2_eval_and_saved_predictions(nyu, tmp_path, capsys):
 def test_image_stages_eval_csv_and_baseline_delta(adience, tmp_path):
     s1, s2 = tmp_path / "s1", tmp_path / "s2"
     assert train_image.main(image_args(adience, s1, "--fusion", "none", "--test-fold", "1")) == 0
-    assert train_image.main(image_args(adience, s2, "--fusion", "afa", "--test-fold", "1", "--init",
-                                       str(s1 / "image_best.pth"))) == 0
+    assert (
+        train_image.main(
+            image_args(adience, s2, "--fusion", "afa", "--test-fold", "1", "--init", str(s1 / "image_best.pth"))
+        )
+        == 0
+    )
     single_json, afa_json, preds = tmp_path / "single.json", tmp_path / "afa.json", tmp_path / "preds"
     common = ["--data-root", str(adience), "--workers", "0", "--device", "cpu"]
-    assert eval_script.main(eval_script.get_args_parser().parse_args(
-        ["--checkpoint", str(s1 / "image_best.pth"), "--json", str(single_json), *common])) == 0
-    assert eval_script.main(eval_script.get_args_parser().parse_args(
-        ["--checkpoint", str(s2 / "image_best.pth"), "--json", str(afa_json), "--save-predictions", str(preds),
-         "--baseline", str(single_json), "--plot", str(tmp_path / "plots"), *common])) == 0
+    assert (
+        eval_script.main(
+            eval_script.get_args_parser().parse_args(
+                ["--checkpoint", str(s1 / "image_best.pth"), "--json", str(single_json), *common]
+            )
+        )
+        == 0
+    )
+    assert (
+        eval_script.main(
+            eval_script.get_args_parser().parse_args(
+                [
+                    "--checkpoint",
+                    str(s2 / "image_best.pth"),
+                    "--json",
+                    str(afa_json),
+                    "--save-predictions",
+                    str(preds),
+                    "--baseline",
+                    str(single_json),
+                    "--plot",
+                    str(tmp_path / "plots"),
+                    *common,
+                ]
+            )
+        )
+        == 0
+    )
     single, afa = json.loads(single_json.read_text()), json.loads(afa_json.read_text())
     assert list(single) == IMAGE_KEYS
     assert afa["delta/gender/acc"] == pytest.approx(
-        100 * (afa["gender/acc"] - single["gender/acc"]) / single["gender/acc"])
+        100 * (afa["gender/acc"] - single["gender/acc"]) / single["gender/acc"]
+    )
     rows = (preds / "predictions.csv").read_text().splitlines()
     assert rows[0] == "path,gender_true,gender_pred,age_true,age_pred"
     body = [r.split(",") for r in rows[1:]]
@@ -164,10 +263,32 @@ def test_resume_is_bit_exact_also_mid_epoch(nyu, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_sigterm_writes_a_resumable_checkpoint(adience, tmp_path):
     out = tmp_path / "image_last.pth"
-    cmd = [sys.executable, "train_image.py", "--data-root", str(adience), "--crop-size", "32", "--batch-size", "2",
-           "--epochs", "50", "--workers", "0", "--device", "cpu", "--pretrained", "none", "--depths", *TINY,
-           "--out", str(out),
-           "--logdir", str(tmp_path / "run"), "--log-every", "1"]
+    cmd = [
+        sys.executable,
+        "train_image.py",
+        "--data-root",
+        str(adience),
+        "--crop-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "50",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--pretrained",
+        "none",
+        "--depths",
+        *TINY,
+        "--out",
+        str(out),
+        "--logdir",
+        str(tmp_path / "run"),
+        "--log-every",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = ""
     while "it/s" not in seen and "s/it" not in seen:  # training has started
@@ -274,8 +395,12 @@ def test_checkpoints_with_code_are_refused_and_corrupt_ones_named(tmp_path):
     corrupt.write_bytes(good.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="corrupt.pth: corrupt"):
         load_checkpoint(corrupt)
-    assert eval_script.main(eval_script.get_args_parser().parse_args(
-        ["--checkpoint", str(evil), "--data-root", str(tmp_path)])) == 2
+    assert (
+        eval_script.main(
+            eval_script.get_args_parser().parse_args(["--checkpoint", str(evil), "--data-root", str(tmp_path)])
+        )
+        == 2
+    )
     with open(tmp_path / "plain.pkl", "wb") as f:
         pickle.dump([1, 2], f)
     with pytest.raises(CheckpointError, match="plain.pkl"):
@@ -285,15 +410,32 @@ def test_checkpoints_with_code_are_refused_and_corrupt_ones_named(tmp_path):
 def test_curve_panels_group_metrics_by_direction():
     from engine.plots import curve_panels
 
-    pixel = (["epoch", "train/loss/seg", "train/loss/depth", "train/weight/seg", "train/weight/depth"]
-             + [f"val/{k}" for k in PIXEL_KEYS] + ["val/score"])
+    pixel = (
+        ["epoch", "train/loss/seg", "train/loss/depth", "train/weight/seg", "train/weight/depth"]
+        + [f"val/{k}" for k in PIXEL_KEYS]
+        + ["val/score"]
+    )
     (_, train, _), (_, weights, _), (_, higher, lin), (_, lower, log) = curve_panels(pixel)
     assert train == ["train/loss/seg", "train/loss/depth"] and not lin and log
     assert weights == ["train/weight/seg", "train/weight/depth"]
-    assert higher == ["val/seg/miou", "val/seg/pixel_acc", "val/seg/mean_class_acc", "val/seg/fwiou",
-                      "val/depth/delta1", "val/depth/delta2", "val/depth/delta3", "val/score"]
-    assert lower == ["val/depth/abs_err", "val/depth/rel_err", "val/depth/sq_rel", "val/depth/log10",
-                     "val/depth/rmse", "val/depth/rmse_log"]
+    assert higher == [
+        "val/seg/miou",
+        "val/seg/pixel_acc",
+        "val/seg/mean_class_acc",
+        "val/seg/fwiou",
+        "val/depth/delta1",
+        "val/depth/delta2",
+        "val/depth/delta3",
+        "val/score",
+    ]
+    assert lower == [
+        "val/depth/abs_err",
+        "val/depth/rel_err",
+        "val/depth/sq_rel",
+        "val/depth/log10",
+        "val/depth/rmse",
+        "val/depth/rmse_log",
+    ]
     image = ["epoch", "train/loss/gender", "train/loss/age"] + [f"val/{k}" for k in IMAGE_KEYS]
     assert [title for title, _, _ in curve_panels(image)] == ["training loss", "validation (higher is better)"]
 
@@ -317,19 +459,20 @@ def test_pixel_meter_against_hand_computed_values():
     err = pred - gt
     assert m["depth/abs_err"] == pytest.approx(np.abs(err).mean())
     assert m["depth/rel_err"] == pytest.approx((np.abs(err) / gt).mean())
-    assert m["depth/sq_rel"] == pytest.approx((err ** 2 / gt).mean())
-    assert m["depth/rmse"] == pytest.approx(np.sqrt((err ** 2).mean()))
+    assert m["depth/sq_rel"] == pytest.approx((err**2 / gt).mean())
+    assert m["depth/rmse"] == pytest.approx(np.sqrt((err**2).mean()))
     assert m["depth/log10"] == pytest.approx(np.abs(np.log10(pred) - np.log10(gt)).mean())
     assert m["depth/rmse_log"] == pytest.approx(np.sqrt(((np.log(pred) - np.log(gt)) ** 2).mean()))
     ratio = np.maximum(pred / gt, gt / pred)
     assert m["depth/delta1"] == pytest.approx(2 / 5) and m["depth/delta1"] == pytest.approx((ratio < 1.25).mean())
-    assert m["depth/delta3"] == pytest.approx((ratio < 1.25 ** 3).mean())
+    assert m["depth/delta3"] == pytest.approx((ratio < 1.25**3).mean())
 
 
 def test_image_meter_and_delta():
     meter = ImageMeter()
-    meter.update(torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 0, 0]), torch.tensor([3, 4, 7, 0]),
-                 torch.tensor([3, 5, 5, 0]))
+    meter.update(
+        torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 0, 0]), torch.tensor([3, 4, 7, 0]), torch.tensor([3, 5, 5, 0])
+    )
     m = meter.compute()
     assert m == {"gender/acc": 0.75, "age/acc": 0.5, "age/one_off": 0.75}
     assert meter.age_confusion[5, 4] == 1 and meter.age_confusion[5, 7] == 1
@@ -341,11 +484,36 @@ def test_image_meter_and_delta():
 @pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(adience, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "train_image.py", "--data-root", str(adience),
-           "--crop-size", "32", "--batch-size", "2", "--epochs", "1", "--limit-batches", "2", "--workers", "0",
-           "--device", "cpu", "--pretrained", "none", "--fusion", "afa", "--depths", *TINY,
-           "--out", str(tmp_path / "ddp_last.pth"),
-           "--logdir", str(tmp_path / "run")]
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node=2",
+        "train_image.py",
+        "--data-root",
+        str(adience),
+        "--crop-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "1",
+        "--limit-batches",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--pretrained",
+        "none",
+        "--fusion",
+        "afa",
+        "--depths",
+        *TINY,
+        "--out",
+        str(tmp_path / "ddp_last.pth"),
+        "--logdir",
+        str(tmp_path / "run"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -368,10 +536,10 @@ def test_depth_losses_use_valid_pixels_only():
     target = torch.tensor([[[[1.5, 2.0, 1.0, 0.0]]]])  # the last pixel has no ground truth
     e = np.array([0.5, 0.0, 4.0])
     c = 0.2 * 4.0  # berHu threshold: 0.2 * max |e| over valid pixels
-    berhu = np.where(np.abs(e) <= c, np.abs(e), (e ** 2 + c ** 2) / (2 * c)).mean()
+    berhu = np.where(np.abs(e) <= c, np.abs(e), (e**2 + c**2) / (2 * c)).mean()
     assert depth_loss(pred, target, "berhu").item() == pytest.approx(berhu)
     assert depth_loss(pred, target, "l1").item() == pytest.approx(np.abs(e).mean())
-    assert depth_loss(pred, target, "mse").item() == pytest.approx((e ** 2).mean())
+    assert depth_loss(pred, target, "mse").item() == pytest.approx((e**2).mean())
     assert depth_loss(pred, torch.zeros_like(target)).item() == 0.0
 
 

@@ -44,17 +44,20 @@ def test_build_weighting_names() -> None:
     assert build_weighting("gradnorm", TASKS, gradnorm_alpha=0.0).alpha == 0.0
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"name": "softmax"}, "unknown loss weighting 'softmax'; expected one of equal, dwa"),
-    ({"name": "dwa", "dwa_temp": 0.0}, "temperature .* > 0, got 0.0"),
-    ({"name": "dwa", "dwa_temp": -2.0}, "got -2.0"),
-    ({"name": "dwa", "dwa_temp": float("nan")}, "got nan"),
-    ({"name": "gradnorm", "gradnorm_alpha": -0.5}, "alpha .* >= 0, got -0.5"),
-    ({"name": "dwa", "tasks": ["seg"]}, r"DWA needs at least 2 tasks, got 1: \['seg'\]"),
-    ({"name": "uncertainty", "tasks": []}, "at least 2 tasks, got 0"),
-    ({"name": "equal", "tasks": "seg"}, "got the string 'seg'"),
-    ({"name": "dwa", "tasks": ["seg", "seg"]}, "unique"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"name": "softmax"}, "unknown loss weighting 'softmax'; expected one of equal, dwa"),
+        ({"name": "dwa", "dwa_temp": 0.0}, "temperature .* > 0, got 0.0"),
+        ({"name": "dwa", "dwa_temp": -2.0}, "got -2.0"),
+        ({"name": "dwa", "dwa_temp": float("nan")}, "got nan"),
+        ({"name": "gradnorm", "gradnorm_alpha": -0.5}, "alpha .* >= 0, got -0.5"),
+        ({"name": "dwa", "tasks": ["seg"]}, r"DWA needs at least 2 tasks, got 1: \['seg'\]"),
+        ({"name": "uncertainty", "tasks": []}, "at least 2 tasks, got 0"),
+        ({"name": "equal", "tasks": "seg"}, "got the string 'seg'"),
+        ({"name": "dwa", "tasks": ["seg", "seg"]}, "unique"),
+    ],
+)
 def test_build_weighting_errors(kwargs: dict, match: str) -> None:
     kwargs = {"tasks": TASKS, **kwargs}
     with pytest.raises(ValueError, match=match):
@@ -127,8 +130,13 @@ def test_dwa_rejects_bad_means() -> None:
 
 def test_dwa_resume_mid_history() -> None:
     tasks = ["a", "b", "c"]
-    epochs = [{"a": 3.0, "b": 2.0, "c": 1.0}, {"a": 2.5, "b": 1.2, "c": 0.95}, {"a": 2.4, "b": 1.0, "c": 0.9},
-              {"a": 2.0, "b": 0.99, "c": 0.7}, {"a": 1.9, "b": 0.7, "c": 0.69}]
+    epochs = [
+        {"a": 3.0, "b": 2.0, "c": 1.0},
+        {"a": 2.5, "b": 1.2, "c": 0.95},
+        {"a": 2.4, "b": 1.0, "c": 0.9},
+        {"a": 2.0, "b": 0.99, "c": 0.7},
+        {"a": 1.9, "b": 0.7, "c": 0.69},
+    ]
     losses = {"a": torch.tensor(0.3), "b": torch.tensor(1.7), "c": torch.tensor(2.9)}
     for cut in (1, 2, 3):  # resumed during the fixed epochs and later
         first = DWA(tasks, temperature=1.5)

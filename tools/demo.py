@@ -39,8 +39,19 @@ from families import family  # noqa: E402
 # Every run: CPU, bf16 autocast with channels_last (about 2x fp32 on a CPU with bf16 support), precise BN
 # (from-scratch nets with small batches otherwise validate with stale BN statistics), no download, 3-4
 # epochs of at most 8 batches.
-FAST = ["--workers", "2", "--device", "cpu", "--amp", "bf16", "--channels-last", "--precise-bn", "2",
-        "--limit-batches", "8"]
+FAST = [
+    "--workers",
+    "2",
+    "--device",
+    "cpu",
+    "--amp",
+    "bf16",
+    "--channels-last",
+    "--precise-bn",
+    "2",
+    "--limit-batches",
+    "8",
+]
 SCRATCH = ["--pretrained", "none"]  # random initial weights: nothing to download
 # Stage 2 follows the paper's recipe: the trunks come from stage 1, the heads and fusion modules start anew.
 # (Fine-tuning the whole stage-1 network, --init-heads, starts from a loss that three short epochs cannot
@@ -48,14 +59,38 @@ SCRATCH = ["--pretrained", "none"]  # random initial weights: nothing to downloa
 # NYUv2 heads at the base rate: the recipe's 10x assumes ImageNet trunks; on from-scratch trunks the depth
 # head then overshoots the ~4 m depth offset in its first steps (epoch-1 loss above a constant prediction's)
 # and leaves a network whose eval-mode BatchNorm outputs extrapolate to tens of metres (docs/reproducing.md).
-PIXEL = ["--crop-size", "64", "--batch-size", "4", "--lr-mult", '{"head": 1}', "--val-fraction", "0.05",
-         "--epochs", "3", *FAST]
+PIXEL = [
+    "--crop-size",
+    "64",
+    "--batch-size",
+    "4",
+    "--lr-mult",
+    '{"head": 1}',
+    "--val-fraction",
+    "0.05",
+    "--epochs",
+    "3",
+    *FAST,
+]
 # Adience: at 0.01 from random weights the age loss climbs to 4-8 (chance: log 8 = 2.1) in the first epochs.
 IMAGE = ["--crop-size", "64", "--batch-size", "16", "--epochs", "3", *FAST]
 # Series: the original's 10x on the head makes the loss swing, so the head learns at the base rate here;
 # pair swaps double the labels.
-SERIES = ["--crop-size", "32", "--batch-size", "16", "--lr-mult", '{"head": 1}', "--swap-p", "0.5",
-          "--schedule", "poly", "--epochs", "4", *FAST]
+SERIES = [
+    "--crop-size",
+    "32",
+    "--batch-size",
+    "16",
+    "--lr-mult",
+    '{"head": 1}',
+    "--swap-p",
+    "0.5",
+    "--schedule",
+    "poly",
+    "--epochs",
+    "4",
+    *FAST,
+]
 # PAU's descriptors are products of features (gates and cells without a sigmoid): from random weights its
 # logits start in the hundreds and any rate that moves them diverges. As the recipe starts PAU from a
 # pretrained ResNet-50, the demo starts it from the trunk its Siamese run learnt (written by pau_trunk).
@@ -88,21 +123,57 @@ def write_data(data: Path) -> None:
     """The synthetic sets in the official formats (small frames: evaluation reads whole frames)."""
     nyu_raw = data / "nyuv2_official"
     if not (data / "nyuv2" / "meta.json").is_file():
-        run(["-m", "data.synthetic", "nyuv2", "--out", str(nyu_raw), "--n", "40", "--train-fraction", "0.8",
-             "--frame-size", "144", "192"])
-        run(["-m", "data.prepare_nyuv2", "--mat", str(nyu_raw / "nyu_depth_v2_labeled.mat"),
-             "--splits", str(nyu_raw / "splits.mat"), "--out", str(data / "nyuv2")])
+        run(
+            [
+                "-m",
+                "data.synthetic",
+                "nyuv2",
+                "--out",
+                str(nyu_raw),
+                "--n",
+                "40",
+                "--train-fraction",
+                "0.8",
+                "--frame-size",
+                "144",
+                "192",
+            ]
+        )
+        run(
+            [
+                "-m",
+                "data.prepare_nyuv2",
+                "--mat",
+                str(nyu_raw / "nyu_depth_v2_labeled.mat"),
+                "--splits",
+                str(nyu_raw / "splits.mat"),
+                "--out",
+                str(data / "nyuv2"),
+            ]
+        )
     if not (data / "adience" / "fold_4_data.txt").is_file():
         run(["-m", "data.synthetic", "adience", "--out", str(data / "adience"), "--size", "96"])
     if not (data / "phototriage" / "test" / "test_pairlist.txt").is_file():
-        run(["-m", "data.synthetic_series", "--out", str(data / "phototriage"), "--series", "48", "8", "16",
-             "--size", "40"])
+        run(
+            [
+                "-m",
+                "data.synthetic_series",
+                "--out",
+                str(data / "phototriage"),
+                "--series",
+                "48",
+                "8",
+                "16",
+                "--size",
+                "40",
+            ]
+        )
 
 
 def pau_trunk(siamese: Path, out: Path) -> None:
     """The Siamese run's trunk as a torchvision ResNet-50 state dict (what --pretrained PATH reads)."""
     model = load_checkpoint(siamese)["model"]
-    torch.save({k[len("trunk."):]: v for k, v in model.items() if k.startswith("trunk.")}, out)
+    torch.save({k[len("trunk.") :]: v for k, v in model.items() if k.startswith("trunk.")}, out)
     print(f"\nwrote {out}: the Siamese run's trunk, PAU's starting point", flush=True)
 
 
@@ -118,8 +189,10 @@ def checks(results: Path, part: Part, base: dict[str, float]) -> list[str]:
         fell = all(records[-1][k] < records[0][k] for k in losses)
         value = json.loads(eval_json.read_text()).get(key)
         beats = value is not None and math.isfinite(value) and value > base[key]
-        lines.append(f"  {run_dir.parent.name:<13} training loss falls: {'yes' if fell else 'NO '}   {key} "
-                     f"{value:.3f} vs baseline {base[key]:.3f}: {'above' if beats else 'NOT above'}")
+        lines.append(
+            f"  {run_dir.parent.name:<13} training loss falls: {'yes' if fell else 'NO '}   {key} "
+            f"{value:.3f} vs baseline {base[key]:.3f}: {'above' if beats else 'NOT above'}"
+        )
     return lines
 
 
@@ -140,30 +213,87 @@ def main(argv: list[str] | None = None) -> int:
     series_metrics = ["pair/acc", "pair/acc_agree", "series/top1"]
     trunk = results / "series" / SIAMESE_TRUNK
     parts = [
-        Part("nyuv2", "pixel", "nyuv2", [], [*PIXEL, *SCRATCH, "--lr", "0.02"], {}, nyu_metrics,
-             "NYUv2 (synthetic, 8 test frames of 144 x 192)"),
-        Part("adience", "image", "adience", ["--folds", "0"], [*IMAGE, *SCRATCH, "--lr", "0.002"], {"test_fold": 0},
-             image_metrics, "Adience (synthetic, test fold 0)"),
-        Part("series", "series", "phototriage", ["--methods", "siamese"], [*SERIES, *SCRATCH, "--lr", "0.0005"], {},
-             series_metrics, "Phototriage (synthetic, test pairs)"),
-        Part("series", "series", "phototriage", ["--methods", "pau"],
-             [*SERIES, "--lr", "0.00001", "--pretrained", str(trunk)], {}, series_metrics,
-             "Phototriage (synthetic, test pairs)"),
+        Part(
+            "nyuv2",
+            "pixel",
+            "nyuv2",
+            [],
+            [*PIXEL, *SCRATCH, "--lr", "0.02"],
+            {},
+            nyu_metrics,
+            "NYUv2 (synthetic, 8 test frames of 144 x 192)",
+        ),
+        Part(
+            "adience",
+            "image",
+            "adience",
+            ["--folds", "0"],
+            [*IMAGE, *SCRATCH, "--lr", "0.002"],
+            {"test_fold": 0},
+            image_metrics,
+            "Adience (synthetic, test fold 0)",
+        ),
+        Part(
+            "series",
+            "series",
+            "phototriage",
+            ["--methods", "siamese"],
+            [*SERIES, *SCRATCH, "--lr", "0.0005"],
+            {},
+            series_metrics,
+            "Phototriage (synthetic, test pairs)",
+        ),
+        Part(
+            "series",
+            "series",
+            "phototriage",
+            ["--methods", "pau"],
+            [*SERIES, "--lr", "0.00001", "--pretrained", str(trunk)],
+            {},
+            series_metrics,
+            "Phototriage (synthetic, test pairs)",
+        ),
     ]
     for part in parts:
         if str(trunk) in part.flags and not trunk.is_file():
             pau_trunk(results / "series" / "siamese" / "seed0" / "checkpoint_best.pth", trunk)
-        run(["reproduce.py", "run", part.protocol, "--data-root", str(data / part.data), "--out", str(results),
-             "--seeds", "0", *part.options, "--", *part.flags])
+        run(
+            [
+                "reproduce.py",
+                "run",
+                part.protocol,
+                "--data-root",
+                str(data / part.data),
+                "--out",
+                str(results),
+                "--seeds",
+                "0",
+                *part.options,
+                "--",
+                *part.flags,
+            ]
+        )
     for part in {p.protocol: p for p in parts}.values():  # one report per protocol
         base = family(part.kind).baseline(str(data / part.data), **part.baseline)
         print(f"\n== {part.title} ==", flush=True)
-        subprocess.run([sys.executable, "reproduce.py", "report", str(results / part.protocol), "--plot",
-                        str(results / f"{part.protocol}_delta.png")], cwd=REPO, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "reproduce.py",
+                "report",
+                str(results / part.protocol),
+                "--plot",
+                str(results / f"{part.protocol}_delta.png"),
+            ],
+            cwd=REPO,
+            check=True,
+        )
         print("baseline (" + ", ".join(f"{k} {base[k]:.4f}" for k in part.metrics) + ")")
         print("\n".join(checks(results, part, base)), flush=True)
-    print(f"\nTensorBoard: tensorboard --logdir {results}\nruns, eval.json and plots: {results}\n"
-          f"total {time.time() - t0:.0f} s")
+    print(
+        f"\nTensorBoard: tensorboard --logdir {results}\nruns, eval.json and plots: {results}\n"
+        f"total {time.time() - t0:.0f} s"
+    )
     return 0
 
 

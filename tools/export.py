@@ -41,11 +41,16 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     if Path(checkpoint).is_dir():
         raise CheckpointError(f"{checkpoint}: a folder; expected a checkpoint file of a training script")
     model, info = load_model(checkpoint)  # strict: the weights must fit the stored model config
-    metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v)  # JSON has no NaN
-               for k, v in (info.get("best_metrics") or {}).items()}
+    metrics = {
+        k: (None if isinstance(v, float) and math.isnan(v) else v)  # JSON has no NaN
+        for k, v in (info.get("best_metrics") or {}).items()
+    }
     source = {"checkpoint": Path(checkpoint).name, "epoch": info.get("epoch"), "metrics": metrics or None}
-    folder = save_pretrained(model, out, {"preprocessing": info["preprocessing"], "labels": info["labels"],
-                                          "data": info["data"], "source": source})
+    folder = save_pretrained(
+        model,
+        out,
+        {"preprocessing": info["preprocessing"], "labels": info["labels"], "data": info["data"], "source": source},
+    )
     read_config(folder)
     loaded, own = load_file(str(folder / WEIGHTS_NAME)), model.state_dict()
     if loaded.keys() != own.keys() or not all(torch.equal(loaded[k], v) for k, v in own.items()):

@@ -38,9 +38,11 @@ NETWORK_FILES: dict[tuple[str, str], tuple[str, str | None]] = {
     ("image", "afa"): ("net_image_afalayer", None),
     ("pixel", "none"): ("net_pixel_deeplab", None),
     ("pixel", "afa"): ("net_pixel_afalayer", None),
-    **{(kind, fusion): (f"{kind}_{name}", BASELINE_COMMIT)
-       for kind in ("image", "pixel") for fusion, name in (("shared", "hard"), ("cross_stitch", "cross"),
-                                                           ("nddr", "nddr"))},
+    **{
+        (kind, fusion): (f"{kind}_{name}", BASELINE_COMMIT)
+        for kind in ("image", "pixel")
+        for fusion, name in (("shared", "hard"), ("cross_stitch", "cross"), ("nddr", "nddr"))
+    },
 }
 NUM_CLASSES = {"image": (2, 8), "pixel": (40, 1)}
 
@@ -65,8 +67,10 @@ def _source(root: Path, name: str, commit: str | None) -> tuple[str, str]:
         if f.is_file():
             return f.read_text(), str(f)
     where = f"commit {commit} of " if commit else ""
-    raise OriginalCodeError(f"{root}: expected a checkout of zhenshen-mla/AFANet with models/{name}.py "
-                            f"({where}the original code; a git clone has every version)")
+    raise OriginalCodeError(
+        f"{root}: expected a checkout of zhenshen-mla/AFANet with models/{name}.py "
+        f"({where}the original code; a git clone has every version)"
+    )
 
 
 def import_original(root: str | Path, name: str, commit: str | None = None) -> types.ModuleType:
@@ -120,8 +124,13 @@ def _pixel_net(mod: types.ModuleType, depths: Sequence[int], stack: contextlib.E
         raise ValueError(f"the original pixel nets' stage 4 has 3 blocks, got depths {list(depths)}")
     resnet = mod.ResNet
     stack.enter_context(_patched(resnet, "_load_pretrained_model", lambda self: None))
-    stack.enter_context(_patched(mod, "ResNet_backbone", lambda os_, bn, pretrained=True: resnet(
-        mod.Bottleneck, list(depths), bn, os_, pretrained=False)))
+    stack.enter_context(
+        _patched(
+            mod,
+            "ResNet_backbone",
+            lambda os_, bn, pretrained=True: resnet(mod.Bottleneck, list(depths), bn, os_, pretrained=False),
+        )
+    )
     n1, n2 = NUM_CLASSES["pixel"]
     return mod.DeepLab(output_stride=16, num_classes1=n1, num_classes2=n2)
 
@@ -129,8 +138,14 @@ def _pixel_net(mod: types.ModuleType, depths: Sequence[int], stack: contextlib.E
 _BUILDERS = {"image": _image_net, "pixel": _pixel_net}
 
 
-def build_original(root: str | Path, kind: str, fusion: str, size: int, depths: Sequence[int] = RESNET50_DEPTHS,
-                   grad_mode: str = "protect") -> nn.Module:
+def build_original(
+    root: str | Path,
+    kind: str,
+    fusion: str,
+    size: int,
+    depths: Sequence[int] = RESNET50_DEPTHS,
+    grad_mode: str = "protect",
+) -> nn.Module:
     """The original network for ``build_model(kind, fusion, grad_mode, input_size=size, depths=depths)``.
 
     - image nets: ``ResNet(Bottleneck, depths)`` directly (``make_network`` would download ImageNet
@@ -152,8 +167,11 @@ def build_original(root: str | Path, kind: str, fusion: str, size: int, depths: 
         if fusion == "afa":
             side = feature_size(size, ARCHITECTURES[kind].output_strides[0])
             lib = sys.modules["layer_afa"]
-            cam, sam = ((lib.AFA_layer_cam, lib.AFA_layer_sam) if grad_mode == "joint"
-                        else (lib.AFA_layer_cam_data, lib.AFA_layer_sam_data))
+            cam, sam = (
+                (lib.AFA_layer_cam, lib.AFA_layer_sam)
+                if grad_mode == "joint"
+                else (lib.AFA_layer_cam_data, lib.AFA_layer_sam_data)
+            )
             stack.enter_context(_patched(mod, "AFA_layer_cam_data", cam))
             stack.enter_context(_patched(mod, "AFA_layer_sam_data", lambda *a, **k: sam(h=side, w=side)))
         net = _BUILDERS[kind](mod, depths, stack)

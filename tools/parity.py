@@ -38,9 +38,18 @@ BATCH = 2
 SIZES = {"image": 64, "pixel": 33}
 DEPTHS = {"image": [1, 1, 1, 2], "pixel": [1, 1, 1, 3]}
 FULL_OUTPUTS = ("image",)  # kinds whose outputs are small enough to store whole in the golden file
-CASES = [(kind, fusion, mode) for kind in ("image", "pixel")
-         for fusion, mode in (("none", "protect"), ("afa", "protect"), ("afa", "joint"), ("shared", "protect"),
-                              ("cross_stitch", "protect"), ("nddr", "protect"))]
+CASES = [
+    (kind, fusion, mode)
+    for kind in ("image", "pixel")
+    for fusion, mode in (
+        ("none", "protect"),
+        ("afa", "protect"),
+        ("afa", "joint"),
+        ("shared", "protect"),
+        ("cross_stitch", "protect"),
+        ("nddr", "protect"),
+    )
+]
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden" / "afanet_parity.json"
 # In float64: float32 rounding differs between kernels and thread counts, and with random weights a
 # value within rounding of 0 occasionally flips a ReLU, which changes whole gradients.
@@ -110,8 +119,9 @@ def ours(kind: str, fusion: str, mode: str) -> tuple[nn.Module, Result]:
     x = inputs(kind)
     out = model(x)
     _loss(out).backward()
-    return model, Result({t: y.detach() for t, y in out.items()},
-                         {n: p.grad.detach().clone() for n, p in model.named_parameters()})
+    return model, Result(
+        {t: y.detach() for t, y in out.items()}, {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    )
 
 
 def original(root: str | Path, kind: str, fusion: str, mode: str, model: nn.Module) -> Result:
@@ -125,8 +135,9 @@ def original(root: str | Path, kind: str, fusion: str, mode: str, model: nn.Modu
     y1, y2 = net(x)
     out = dict(zip(model.tasks, (y1, y2)))
     _loss(out).backward()
-    grads = convert_reference_state_dict({n: p.grad for n, p in net.named_parameters() if p.grad is not None},
-                                         kind, fusion)
+    grads = convert_reference_state_dict(
+        {n: p.grad for n, p in net.named_parameters() if p.grad is not None}, kind, fusion
+    )
     return Result({t: y.detach() for t, y in out.items()}, {n: g.detach() for n, g in grads.items()})
 
 
@@ -139,8 +150,9 @@ def summary(name: str, t: Tensor) -> list[float]:
 
 def summarise(res: Result, full_outputs: bool) -> dict:
     return {
-        "outputs": {t: (y.double().tolist() if full_outputs else summary(f"out/{t}", y))
-                    for t, y in res.outputs.items()},
+        "outputs": {
+            t: (y.double().tolist() if full_outputs else summary(f"out/{t}", y)) for t, y in res.outputs.items()
+        },
         "grads": {n: summary(n, g) for n, g in sorted(res.grads.items())},
     }
 
@@ -148,8 +160,9 @@ def summarise(res: Result, full_outputs: bool) -> dict:
 def compare_tensors(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
     """Worst relative error (max |a - b| / max |b|) over matching names; missing names raise."""
     if set(a) != set(b):
-        raise AssertionError(f"names differ: only ours {sorted(set(a) - set(b))[:5]}, "
-                             f"only original {sorted(set(b) - set(a))[:5]}")
+        raise AssertionError(
+            f"names differ: only ours {sorted(set(a) - set(b))[:5]}, only original {sorted(set(b) - set(a))[:5]}"
+        )
     worst = 0.0
     for k in a:
         scale = float(b[k].abs().max()) or 1.0
@@ -163,8 +176,10 @@ def compare_golden(ours_summary: dict, golden: dict) -> list[str]:
     for part in ("outputs", "grads"):
         mine, ref = ours_summary[part], golden[part]
         if set(mine) != set(ref):
-            return [f"{part}: names differ (only ours {sorted(set(mine) - set(ref))[:3]}, "
-                    f"only golden {sorted(set(ref) - set(mine))[:3]})"]
+            return [
+                f"{part}: names differ (only ours {sorted(set(mine) - set(ref))[:3]}, "
+                f"only golden {sorted(set(ref) - set(mine))[:3]})"
+            ]
         for name, want in ref.items():
             got = np.asarray(mine[name], dtype=np.float64)
             want = np.asarray(want, dtype=np.float64)
@@ -190,8 +205,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    golden: dict = {"original_commit": original_commit(args.reference), "baseline_commit": "4fabc70",
-                    "seed": SEED, "sizes": SIZES, "depths": DEPTHS, "cases": {}}
+    golden: dict = {
+        "original_commit": original_commit(args.reference),
+        "baseline_commit": "4fabc70",
+        "seed": SEED,
+        "sizes": SIZES,
+        "depths": DEPTHS,
+        "cases": {},
+    }
     failed = False
     for kind, fusion, mode in CASES:
         name = case_name(kind, fusion, mode)
@@ -200,8 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         e_out, e_grad = compare_tensors(mine.outputs, ref.outputs), compare_tensors(mine.grads, ref.grads)
         ok = e_out < RTOL and e_grad < RTOL
         failed |= not ok
-        print(f"{name:<24} outputs {e_out:.2e}  gradients {e_grad:.2e} ({len(ref.grads)} tensors)  "
-              f"{'PASS' if ok else 'FAIL'}", flush=True)
+        print(
+            f"{name:<24} outputs {e_out:.2e}  gradients {e_grad:.2e} ({len(ref.grads)} tensors)  "
+            f"{'PASS' if ok else 'FAIL'}",
+            flush=True,
+        )
         golden["cases"][name] = summarise(ref, full_outputs=kind in FULL_OUTPUTS)
     if args.write and not failed:
         Path(args.write).parent.mkdir(parents=True, exist_ok=True)

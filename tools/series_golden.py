@@ -128,8 +128,12 @@ def generate(checkout: str | os.PathLike, commit: str | None = None) -> dict:
     if commit is None:
         found = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
         commit = found.stdout.strip() if found.returncode == 0 else "unknown (not a git checkout; pass --commit)"
-    result: dict = {"source": "zhenshen-mla/Series-Photo-Selection", "commit": commit,
-                    "input": {"batch": BATCH, "size": SIZE, "seed": SEED, "dtype": "float64"}, "nets": {}}
+    result: dict = {
+        "source": "zhenshen-mla/Series-Photo-Selection",
+        "commit": commit,
+        "input": {"batch": BATCH, "size": SIZE, "seed": SEED, "dtype": "float64"},
+        "nets": {},
+    }
     a, b, r = pair_input()
     for fusion in ORIGINAL_FILES:
         net = load_original(checkout, fusion).double()  # before loading: the values stay float64
@@ -142,8 +146,11 @@ def generate(checkout: str | os.PathLike, commit: str | None = None) -> dict:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reference", default=os.environ.get("SERIES_REFERENCE"),
-                   help="checkout of the original repository (default: $SERIES_REFERENCE)")
+    p.add_argument(
+        "--reference",
+        default=os.environ.get("SERIES_REFERENCE"),
+        help="checkout of the original repository (default: $SERIES_REFERENCE)",
+    )
     p.add_argument("--out", default=str(GOLDEN))
     p.add_argument("--commit", default=None, help="the checkout's commit, for an exported tree (git archive)")
     return p
@@ -152,8 +159,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if not args.reference or not (Path(args.reference) / "models" / "PAU_resnet50.py").is_file():
-        print("error: set SERIES_REFERENCE (or --reference) to a checkout of zhenshen-mla/Series-Photo-Selection",
-              file=sys.stderr)
+        print(
+            "error: set SERIES_REFERENCE (or --reference) to a checkout of zhenshen-mla/Series-Photo-Selection",
+            file=sys.stderr,
+        )
         return 2
     result = generate(args.reference, args.commit)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
