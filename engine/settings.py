@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from models.afa import DEFAULT_TAU, GRAD_MODES, RELATIONS
 from models.fusion import FUSION_INITS
 
+from .gradients import OPTIONS
 from .precision import AMP_CHOICES
 from .runs import resume_run
 from .schedule import SCHEDULES
@@ -159,10 +160,34 @@ def _weighting(p: argparse._ArgumentGroup, family: type[Family]) -> None:
         "--weighting",
         choices=WEIGHTINGS,
         default=None,
-        help="loss weighting (default: dwa when the tasks interact, the original recipe; equal for none)",
+        help="loss weighting (equal, dwa, uncertainty, gradnorm) or gradient method (pcgrad, cagrad, mgda, imtl, "
+        "nash, aligned, upgrad, famo; docs/training.md); default: dwa when the tasks interact, the original recipe; "
+        "equal for none",
     )
     p.add_argument("--dwa-temp", type=float, default=DEFAULT_DWA_TEMP, help="DWA temperature")
     p.add_argument("--gradnorm-alpha", type=float, default=DEFAULT_GRADNORM_ALPHA, help="GradNorm asymmetry")
+    p.add_argument("--cagrad-c", type=float, default=OPTIONS["cagrad"]["c"], help="CAGrad's c (radius of its ball)")
+    p.add_argument(
+        "--nash-max-norm",
+        type=float,
+        default=OPTIONS["nash"]["max_norm"],
+        help="Nash-MTL: clip the shared gradient's norm to this (0: no clipping)",
+    )
+    p.add_argument(
+        "--nash-update-every",
+        type=int,
+        default=OPTIONS["nash"]["update_every"],
+        help="Nash-MTL: solve for the weights every N steps, reuse them in between",
+    )
+    p.add_argument(
+        "--famo-lr", type=float, default=OPTIONS["famo"]["lr"], help="FAMO: Adam learning rate of its logits"
+    )
+    p.add_argument(
+        "--famo-weight-decay",
+        type=float,
+        default=OPTIONS["famo"]["weight_decay"],
+        help="FAMO: weight decay of its logits",
+    )
 
 
 def _optim(p: argparse._ArgumentGroup, family: type[Family]) -> None:
@@ -232,6 +257,12 @@ def _run(p: argparse._ArgumentGroup, family: type[Family]) -> None:
         metavar="N",
         help="before each validation, re-estimate BatchNorm statistics over N training batches "
         "(helps small-batch or from-scratch runs; 0 = off, the reference recipe)",
+    )
+    p.add_argument(
+        "--freeze-bn",
+        action="store_true",
+        help="BatchNorm in eval mode while training: running statistics used and kept, affine weights still "
+        "learnt (a torchrun run on CPU then equals a one-process run with the same global batch)",
     )
 
 

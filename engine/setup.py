@@ -19,11 +19,12 @@ from models import init_from_stage1, model_from_config
 from .checkpoint import load_checkpoint
 from .distributed import DistInfo, all_reduce_sum
 from .errors import UserError
+from .gradients import GRADIENT_METHODS, MissingSolver
 from .inference import batches
 from .precision import autocast
 from .sampler import EpochSampler, SeededDataset
 from .settings import Settings
-from .weighting import LossWeighting, build_weighting
+from .weighting import METHOD_FLAGS, GradientMethod, LossWeighting, build_weighting
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ def default_weighting(model: nn.Module) -> str:
 
 def make_weighting(model: nn.Module, settings: Settings) -> LossWeighting:
     name = settings.get("weighting") or default_weighting(model)
+    if name in GRADIENT_METHODS:
+        return make_gradient_method(model, settings, name)
     if name == "gradnorm" and not model.shared_parameters():
         raise UserError(
             f"--weighting gradnorm balances gradients on parameters both tasks share; "
@@ -121,6 +124,25 @@ def make_weighting(model: nn.Module, settings: Settings) -> LossWeighting:
         return build_weighting(name, model.tasks, **options)
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+def make_gradient_method(model: nn.Module, settings: Settings, name: str) -> GradientMethod:
+    """A gradient method with its flags' options, after refusing what makes no sense with it."""
+    if not model.shared_parameters():
+        raise UserError(
+            f"--weighting {name}: a gradient method combines the tasks' gradients on the parameters they share; "
+            f"--fusion {model.config.fusion} shares none (use shared, cross_stitch, nddr or afa)"
+        )
+    if getattr(model.config, "grad_mode", None) == "adaptive" and name != "famo":
+        raise UserError(
+            f"--weighting {name} with --grad-mode adaptive: adaptive picks each branch's gradient from the sum of the "
+            "tasks' gradients at the fusion, which per-task gradients never form; use --grad-mode protect or joint"
+        )
+    options = {option: settings.get(flag) for option, flag in METHOD_FLAGS.get(name, {}).items()}
+    try:
+        return GradientMethod(model.tasks, name, **options)
+    except (ValueError, MissingSolver) as e:
+        raise UserError(f"--weighting {name}: {e}") from None
 
 
 def build_optimizer(

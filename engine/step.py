@@ -31,7 +31,10 @@ class TrainStep:
         device: where the batch lives.
         dist: ranks; the weighting's learned parameters live outside DDP and are averaged by hand.
         shared: the parameters GradNorm balances the tasks' gradients on (empty otherwise).
+        freeze_bn: BatchNorm layers stay in eval mode while training (``train_mode``).
     """
+
+    reports_weights = True  # the weights it returns are worth logging (engine/method_step.py: not PCGrad's)
 
     def __init__(
         self,
@@ -46,10 +49,37 @@ class TrainStep:
         device: torch.device = CPU,
         dist: DistInfo | None = None,
         shared: Sequence[Tensor] = (),
+        freeze_bn: bool = False,
     ) -> None:
         self.net, self.family, self.optimizer, self.weighting = net, family, optimizer, weighting
         self.scheduler, self.scaler, self.amp, self.device, self.dist = scheduler, scaler, amp, device, dist
         self.shared = list(shared)
+        self.freeze_bn = freeze_bn
+
+    def train_mode(self) -> None:
+        """The network in training mode; with ``freeze_bn`` its BatchNorm layers in eval mode (running
+        statistics used and kept; their affine weights still learn)."""
+        self.net.train()
+        if self.freeze_bn:
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    def epoch_stats(self) -> dict[str, float]:
+        """Per-epoch gradient statistics (engine/method_step.py); none for a loss weighting."""
+        return {}
+
+    def _optimise(self) -> None:
+        """The optimiser step (through the fp16 scaler, which skips it on inf / NaN), then the
+        weighting's and the schedule's."""
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.weighting.after_step()
+        if self.scheduler is not None:
+            self.scheduler.step()
 
     @property
     def tasks(self) -> list[str]:
@@ -69,12 +99,5 @@ class TrainStep:
             for p in self.weighting.parameters():
                 if p.grad is not None:
                     all_reduce_sum(p.grad).div_(self.dist.world_size)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.weighting.after_step()
-        if self.scheduler is not None:
-            self.scheduler.step()
+        self._optimise()
         return torch.stack([losses[t] for t in self.tasks]).detach(), weights

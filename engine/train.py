@@ -36,6 +36,7 @@ from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distri
 from .errors import HANDLED, NonFiniteLoss, UserError, exit_code
 from .inference import model_fn
 from .logger import RunLogger, setup_console
+from .method_step import make_step
 from .precision import check_amp, grad_scaler
 from .runs import check_run_folders, explicit_by_default, schedule_length, start_run_folder
 from .schedule import Schedule, build_scheduler
@@ -87,7 +88,8 @@ class EpochResult:
     """What one (possibly interrupted) training epoch did."""
 
     losses: dict[str, float]  # epoch mean of each unweighted task loss, over all ranks
-    weights: dict[str, float]  # mean weight each task's loss had in the epoch's steps
+    weights: dict[str, float]  # mean weight each task's loss had in the epoch's steps (none: PCGrad)
+    grads: dict[str, float] = field(default_factory=dict)  # gradient methods: cos/<t1>/<t2>, norm/<t>
     interrupted: bool = False  # a signal stopped it at a batch boundary (the state is saved for resume)
 
 
@@ -164,7 +166,7 @@ class Monitor:
 def train_one_epoch(step: TrainStep, batches: Any, state: TrainState, monitor: Monitor, stop: StopFlag) -> EpochResult:
     """One epoch of training from ``state.batch_in_epoch`` on. ``state`` advances with every step;
     when a signal arrives, the epoch stops at a batch boundary with the running sums in ``state``."""
-    step.net.train()
+    step.train_mode()
     device, tasks, dist = step.device, step.tasks, monitor.dist
     k = len(tasks)
     # Running sums stay on the device: no host sync per iteration.
@@ -202,7 +204,8 @@ def train_one_epoch(step: TrainStep, batches: Any, state: TrainState, monitor: M
     if dist.distributed:  # every rank gets the global means (DWA must see the same numbers everywhere)
         all_reduce_sum(loss_sum).div_(dist.world_size)
     state.epoch_loss_sum, state.epoch_weight_sum = [], []
-    return EpochResult(dict(zip(tasks, (loss_sum / steps).tolist())), dict(zip(tasks, (weight_sum / steps).tolist())))
+    weights = dict(zip(tasks, (weight_sum / steps).tolist())) if step.reports_weights else {}
+    return EpochResult(dict(zip(tasks, (loss_sum / steps).tolist())), weights, step.epoch_stats())
 
 
 @dataclass
@@ -254,6 +257,8 @@ def best_path(out: str | Path) -> Path:
 
 def setup(settings: Settings, family: Any, resume: dict[str, Any] | None) -> Run:
     """Devices, the run's folders (never over another run), data, network, optimiser, schedule."""
+    if settings.get("freeze_bn") and settings.get("precise_bn"):
+        raise UserError("--freeze-bn keeps BatchNorm's statistics, --precise-bn re-estimates them: choose one")
     dist = init_distributed(settings.device)
     check_amp(settings.amp, dist.device)
     replaced = check_run_folders(settings, best_path(settings.out), resume)
@@ -279,7 +284,7 @@ def setup(settings: Settings, family: Any, resume: dict[str, Any] | None) -> Run
     total = schedule_length(settings, loaders.iters_per_epoch, resume)  # --epochs extends it on resume
     scheduler = build_scheduler(optimizer, Schedule.of(settings, loaders.iters_per_epoch, total))
     shared = model.shared_parameters() if settings.get("weighting") == "gradnorm" else []
-    step = TrainStep(
+    step = make_step(
         wrap(model, settings, dist),
         family,
         optimizer,
@@ -290,6 +295,7 @@ def setup(settings: Settings, family: Any, resume: dict[str, Any] | None) -> Run
         device=dist.device,
         dist=dist,
         shared=shared,
+        freeze_bn=bool(settings.get("freeze_bn")),
     )
     logger = RunLogger(settings.logdir, dist.is_main)
     return Run(
@@ -367,7 +373,8 @@ def end_epoch(
         **{f"loss/{t}": v for t, v in result.losses.items()},
         **{f"weight/{t}": v for t, v in result.weights.items()},
     }
-    for head, values in (("train/", train), ("fusion/", fusion), ("val/", {**metrics, "score": score})):
+    heads = (("train/", train), ("grad/", result.grads), ("fusion/", fusion), ("val/", {**metrics, "score": score}))
+    for head, values in heads:
         logger.scalars(values, state.epoch, head=head)
     for i, img in enumerate(panels):
         logger.image(f"val/example_{i}", img, state.epoch)
@@ -377,6 +384,7 @@ def end_epoch(
             "iteration": state.iteration,
             "time_s": seconds,
             **{f"train/{k}": v for k, v in train.items()},
+            **{f"grad/{k}": v for k, v in result.grads.items()},
             **{f"fusion/{k}": v for k, v in fusion.items()},
             **{f"val/{k}": v for k, v in metrics.items()},
             "val/score": score,

@@ -29,6 +29,10 @@ learned parameters) is in ``state_dict()``, so a checkpoint that holds it resume
 Learned parameters are the module's ``parameters()``, for the trainer to put in their own
 parameter group. Nothing in ``combine`` reads a tensor value on the host, so a training step
 never waits for the device.
+
+The gradient methods (PCGrad, CAGrad, MGDA, IMTL-G, Nash-MTL, Aligned-MTL, UPGrad, FAMO; engine/gradients.py)
+take the same flag, ``--weighting``: ``GradientMethod`` holds the method and its state, and the training
+step does the method's work (engine/method_step.py).
 """
 
 from __future__ import annotations
@@ -40,7 +44,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-WEIGHTINGS = ("equal", "dwa", "uncertainty", "gradnorm")
+from .gradients import GRADIENT_METHODS, make_aggregator
+
+LOSS_WEIGHTINGS = ("equal", "dwa", "uncertainty", "gradnorm")
+WEIGHTINGS = LOSS_WEIGHTINGS + GRADIENT_METHODS  # what --weighting accepts
+# The gradient methods' options that a training flag sets: method -> {option: settings name}. The defaults
+# are engine.gradients.OPTIONS'; PCGrad's random order is seeded with the run's --seed.
+METHOD_FLAGS: dict[str, dict[str, str]] = {
+    "pcgrad": {"seed": "seed"},
+    "cagrad": {"c": "cagrad_c"},
+    "nash": {"max_norm": "nash_max_norm", "update_every": "nash_update_every"},
+    "famo": {"lr": "famo_lr", "weight_decay": "famo_weight_decay"},
+}
 
 # DWA's temperature in Liu et al. and in the original AFA training scripts.
 DEFAULT_DWA_TEMP = 2.0
@@ -304,4 +319,53 @@ def build_weighting(
         return UncertaintyWeighting(tasks)
     if name == "gradnorm":
         return GradNorm(tasks, alpha=gradnorm_alpha)
-    raise ValueError(f"unknown loss weighting {name!r}; expected one of {', '.join(WEIGHTINGS)}")
+    raise ValueError(f"unknown loss weighting {name!r}; expected one of {', '.join(LOSS_WEIGHTINGS)}")
+
+
+class GradientMethod(LossWeighting):
+    """A gradient method of engine/gradients.py (PCGrad, CAGrad, MGDA, IMTL-G, Nash-MTL, Aligned-MTL, UPGrad,
+    FAMO) in the place of a loss weighting: it holds the method (whose state, e.g. Nash-MTL's step counter
+    and last weights, FAMO's logits and their optimiser, PCGrad's random generator, goes into the
+    checkpoint with this module's) and the task weights the method gave last (``last``, ones before the
+    first step and for PCGrad, which has none). The training step does the work (engine/method_step.py):
+    these methods do not combine losses into one scalar.
+
+    Args:
+        tasks: task names (at least two).
+        name: one of ``engine.gradients.GRADIENT_METHODS``.
+        options: the method's options (``engine.gradients.OPTIONS[name]``).
+    """
+
+    def __init__(self, tasks: Sequence[str], name: str, **options: Any) -> None:
+        super().__init__(tasks)
+        self.method = name
+        self.aggregator = make_aggregator(name, **options)
+        self.register_buffer("last", torch.ones(self.num_tasks))
+
+    @property
+    def needs_gradients(self) -> bool:
+        """Whether the step must take each task's gradient (all but FAMO)."""
+        return self.aggregator.needs_gradients
+
+    @property
+    def reports_weights(self) -> bool:
+        """Whether the method has task weights to log (all but PCGrad)."""
+        return getattr(self.aggregator, "returns_weights", True)
+
+    def combine(self, losses: Mapping[str, Tensor], shared: Sequence[Tensor] | None = None) -> Tensor:
+        raise RuntimeError(
+            f"{self.method} is a gradient method: its step (engine/method_step.py) combines the "
+            "tasks, not a weighted sum of losses"
+        )
+
+    def weights(self) -> dict[str, Tensor]:
+        return {t: w for t, w in zip(self.tasks, self.last.detach())}
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "method": self.method, "aggregator": self.aggregator.state_dict()}
+
+    def set_extra_state(self, state: Any) -> None:
+        super().set_extra_state(state)
+        if state.get("method") != self.method:
+            raise ValueError(f"loss weighting state is for {state.get('method')!r}, this run uses {self.method!r}")
+        self.aggregator.load_state_dict(state["aggregator"])

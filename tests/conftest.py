@@ -3,7 +3,7 @@
 import pytest
 
 from data.prepare_nyuv2 import prepare_nyuv2
-from data.synthetic import write_adience, write_nyuv2
+from data.synthetic import write_adience, write_mtan, write_nyuv2
 
 
 @pytest.fixture(scope="module")
@@ -20,3 +20,9 @@ def nyu(tmp_path_factory):
 def adience(tmp_path_factory):
     """An Adience folder: fold files and aligned 48 px faces, 14 per fold."""
     return write_adience(tmp_path_factory.mktemp("adience"), per_fold=14, size=48)
+
+
+@pytest.fixture(scope="module")
+def mtan(tmp_path_factory):
+    """An MTAN-layout NYUv2 folder with normals: 10 train and 3 test frames of 48 x 64, 13 classes."""
+    return write_mtan(tmp_path_factory.mktemp("mtan") / "nyuv2", n_train=10, n_val=3, size=(48, 64))

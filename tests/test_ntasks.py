@@ -201,13 +201,6 @@ def test_the_multitask_delta_two_ways_by_hand():
 
 
 @pytest.fixture(scope="module")
-def mtan(tmp_path_factory):
-    from data.synthetic import write_mtan
-
-    return write_mtan(tmp_path_factory.mktemp("mtan") / "nyuv2", n_train=10, n_val=3, size=(48, 64))
-
-
-@pytest.fixture(scope="module")
 def cityscapes(tmp_path_factory):
     from data.synthetic import write_cityscapes
 

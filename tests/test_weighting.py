@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from engine.weighting import (
     DWA,
-    WEIGHTINGS,
+    LOSS_WEIGHTINGS,
     EqualWeighting,
     GradNorm,
     LossWeighting,
@@ -36,7 +36,7 @@ def values(weights: dict[str, Tensor]) -> dict[str, float]:
 
 def test_build_weighting_names() -> None:
     kinds = {"equal": EqualWeighting, "dwa": DWA, "uncertainty": UncertaintyWeighting, "gradnorm": GradNorm}
-    assert set(kinds) == set(WEIGHTINGS)
+    assert set(kinds) == set(LOSS_WEIGHTINGS)
     for name, cls in kinds.items():
         w = build_weighting(name, TASKS)
         assert type(w) is cls and w.tasks == TASKS
