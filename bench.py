@@ -49,11 +49,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from engine.gradients import GRADIENT_METHODS, MissingSolver
+from engine.method_step import make_step
 from engine.precision import AMP_DTYPES, grad_scaler
 from engine.sampler import SeededDataset
 from engine.settings import Settings
 from engine.step import TrainStep
-from engine.weighting import build_weighting
+from engine.weighting import WEIGHTINGS, GradientMethod, build_weighting
 from families import FAMILIES, family
 from models import build_model
 from models.fusion import FUSIONS
@@ -155,6 +157,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="checkout of the original AFANet code: also time its fp32 eager step and report ratios",
     )
     p.add_argument("--no-steps", action="store_true", help="skip the training-step benchmark")
+    p.add_argument(
+        "--weightings",
+        nargs="+",
+        choices=WEIGHTINGS,
+        default=["equal"],
+        metavar="W",
+        help="time the step with each loss weighting or gradient method (pcgrad, nash, ...) beside equal, "
+        "and print each one's step time over equal's (fusions without shared parameters: equal only)",
+    )
     p.add_argument("--pipeline", action="store_true", help="also time the input pipeline alone")
     p.add_argument(
         "--data-root",
@@ -185,12 +196,14 @@ class StepConfig:
     impl: str = "ours"  # 'ours' or 'original'
     grad_mode: str = "protect"
     depths: list[int] | None = None
+    weighting: str = "equal"  # a loss weighting or a gradient method (--weightings)
 
     @property
     def label(self) -> str:
         prec = PRECISIONS[self.amp]
         mode = ("CL" if self.channels_last else "NCHW") + (" compile" if self.compile else "")
-        return f"{self.kind}/{self.fusion} {self.impl} {prec} {mode}"
+        method = "" if self.weighting == "equal" else f"+{self.weighting}"
+        return f"{self.kind}/{self.fusion}{method} {self.impl} {prec} {mode}"
 
 
 def recipe(kind: str, **changes: Any) -> Settings:
@@ -241,15 +254,22 @@ def train_step(
     amp: str,
     device: torch.device,
     outputs: tuple[str, ...] | None = None,
+    weighting: str = "equal",
 ) -> TrainStep:
     """The training loop's own step on the network, with the family's losses (its recipe's settings)
-    summed with equal weights. ``outputs`` names the entries of a tuple-returning network (the
-    original code) so that the same step applies to it."""
+    combined by ``weighting`` (a loss weighting or a gradient method, with its defaults). ``outputs``
+    names the entries of a tuple-returning network (the original code) so that the same step applies."""
     net = _DictOutputs(model, outputs) if outputs is not None else model
     tasks = list(outputs) if outputs is not None else list(model.tasks)
-    weighting = build_weighting("equal", tasks).to(device)
-    return TrainStep(
-        net, family(kind)(recipe(kind)), optimizer, weighting, scaler=grad_scaler(amp, device), amp=amp, device=device
+    method = GradientMethod(tasks, weighting) if weighting in GRADIENT_METHODS else build_weighting(weighting, tasks)
+    return make_step(
+        net,
+        family(kind)(recipe(kind)),
+        optimizer,
+        method.to(device),
+        scaler=grad_scaler(amp, device),
+        amp=amp,
+        device=device,
     )
 
 
@@ -406,13 +426,15 @@ def run_config(
     )
     batch = random_batch(config, cfg.batch, device, cfg.channels_last, args.seed)
     flops = None
-    key = (cfg.impl, cfg.kind, cfg.fusion, cfg.batch, cfg.size)
+    key = (cfg.impl, cfg.kind, cfg.fusion, cfg.batch, cfg.size, cfg.weighting)
     if not args.no_flops:
         if key not in flops_cache:  # counted eagerly: FLOPs do not depend on precision or layout
-            flops_cache[key] = count_flops(train_step(model, optimizer, cfg.kind, cfg.amp, device, outputs), batch)
+            flops_cache[key] = count_flops(
+                train_step(model, optimizer, cfg.kind, cfg.amp, device, outputs, cfg.weighting), batch
+            )
         flops = flops_cache[key]
     net = torch.compile(model) if cfg.compile else model
-    step = train_step(net, optimizer, cfg.kind, cfg.amp, device, outputs)
+    step = train_step(net, optimizer, cfg.kind, cfg.amp, device, outputs, cfg.weighting)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = time_steps(
@@ -443,20 +465,27 @@ def step_configs(args: argparse.Namespace, mods: Path | None) -> tuple[list[Step
         for fusion in fusions:
             if mods is not None and (kind, fusion) in original.NETWORK_FILES:
                 configs.append(StepConfig(kind, fusion, batch, size, impl="original"))
+            # every weighting beside equal, where the tasks share parameters to weigh them on
+            combines = kind in ARCHITECTURES and fusion != "none"
+            weightings = list(dict.fromkeys(["equal", *args.weightings])) if combines else ["equal"]
+            if not combines and set(args.weightings) - {"equal"}:
+                notes.append(f"{kind}/{fusion}: timed with equal only (no parameters shared between tasks)")
             for amp, channels_last in modes(args):
-                configs.append(
-                    StepConfig(
-                        kind,
-                        fusion,
-                        batch,
-                        size,
-                        amp,
-                        channels_last,
-                        args.compile,
-                        grad_mode=args.grad_mode,
-                        depths=args.depths,
+                for weighting in weightings:
+                    configs.append(
+                        StepConfig(
+                            kind,
+                            fusion,
+                            batch,
+                            size,
+                            amp,
+                            channels_last,
+                            args.compile,
+                            grad_mode=args.grad_mode,
+                            depths=args.depths,
+                            weighting=weighting,
+                        )
                     )
-                )
     return configs, notes
 
 
@@ -493,8 +522,9 @@ def _per_kind(values: list[int] | None, i: int, default: int, flag: str, kinds: 
 
 def ratios(results: list[StepResult]) -> list[dict[str, Any]]:
     """Speed ratios from the fastest steps: vs the original's fp32 eager step of the same kind and
-    fusion (original_min / our_min, > 1 = ours faster), and AFA cost (afa_min / none_min of the
-    same implementation and mode, < 1.05 = AFA layers nearly free)."""
+    fusion (original_min / our_min, > 1 = ours faster), AFA cost (afa_min / none_min of the same
+    implementation and mode, < 1.05 = AFA layers nearly free), and each weighting's or gradient
+    method's cost (its min / equal's min, same network and mode)."""
     out = []
     done = [r for r in results if r.error is None and r.times_s]
     orig = {(r.config["kind"], r.config["fusion"]): r for r in done if r.config["impl"] == "original"}
@@ -503,10 +533,15 @@ def ratios(results: list[StepResult]) -> list[dict[str, Any]]:
         o = orig.get((c["kind"], c["fusion"]))
         if c["impl"] == "ours" and o is not None:
             out.append({"what": f"{r.label} vs original fp32 NCHW", "speedup": o.min_s / r.min_s})
-        if c["fusion"] == "afa":
+        if c["fusion"] == "afa" and c["weighting"] == "equal":
             pair = [s for s in done if s.config == {**c, "fusion": "none"}]
             if pair:
                 out.append({"what": f"{r.label}: afa / none step time", "afa_over_none": r.min_s / pair[0].min_s})
+        if c["weighting"] != "equal":
+            pair = [s for s in done if s.config == {**c, "weighting": "equal"}]
+            if pair:
+                what = f"{r.label}: {c['weighting']} / equal step time"
+                out.append({"what": what, "over_equal": r.min_s / pair[0].min_s})
     return out
 
 
@@ -530,7 +565,8 @@ def run_steps(
             )
             try:
                 times, res.flops, mem = run_config(cfg, device, args, mods, flops_cache, res.cpu_share)
-            except (RuntimeError, ValueError) as e:  # e.g. out of memory, an unsupported dtype on this device
+            # e.g. out of memory, an unsupported dtype on this device, a method's missing solver
+            except (RuntimeError, ValueError, MissingSolver) as e:
                 res.error = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -667,7 +703,8 @@ def table(
             )
     for q in rat:
         v = q.get("speedup")
-        lines.append(f"  {q['what']}: " + (f"{v:.2f}x faster" if v is not None else f"{q['afa_over_none']:.3f}"))
+        ratio = q.get("afa_over_none", q.get("over_equal"))
+        lines.append(f"  {q['what']}: " + (f"{v:.2f}x faster" if v is not None else f"{ratio:.3f}"))
     for p in pipeline:
         lines.append(
             f"pipeline {p['kind']}: {p['samples_per_s']:.1f} samples/s ({p['workers']} workers, batch "

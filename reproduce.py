@@ -12,6 +12,7 @@ Every run lives in its own folder (the training logdir):
 
     OUT/<family>/<method>/seed<S>/            nyuv2 (no folds)
     OUT/<family>/<method>/fold<F>_seed<S>/    adience (--test-fold F)
+    OUT/<family>/<method>+<weighting>/...     with --weightings (a weighting or gradient method per run)
         checkpoint_last.pth  checkpoint_best.pth  log.jsonl  events.out.tfevents.*
         args.json   the run's settings (written by the training script)
         eval.json   eval.py --json output: its presence marks the run as finished
@@ -45,6 +46,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.weighting import WEIGHTINGS
 from families import Protocol, protocols
 
 REPO = Path(__file__).resolve().parent
@@ -79,6 +81,7 @@ class Run:
     init: Path | None = None  # stage 2: the stage-1 run's best checkpoint
     status: str = field(default="fresh")  # 'finished' | 'interrupted' | 'fresh'
     tasks: tuple[str, ...] = ()  # --tasks through the protocol's task flag (empty: the script's default)
+    weighting: str | None = None  # --weighting for this run (None: the recipe's)
 
     @property
     def name(self) -> str:
@@ -107,8 +110,22 @@ def protocol_of(folder: str) -> str:
     return folder.split("-")[0]
 
 
-def run_dir(out: Path, family: Protocol, method: str, fold: int | None, seed: int, tasks: tuple[str, ...] = ()) -> Path:
-    return out / experiment(family, tasks) / method / (f"fold{fold}_seed{seed}" if fold is not None else f"seed{seed}")
+def method_label(method: str, weighting: str | None) -> str:
+    """The run's method folder: the method, or ``<method>+<weighting>`` when the protocol varies the weighting."""
+    return method if weighting is None else f"{method}+{weighting}"
+
+
+def run_dir(
+    out: Path,
+    family: Protocol,
+    method: str,
+    fold: int | None,
+    seed: int,
+    tasks: tuple[str, ...] = (),
+    weighting: str | None = None,
+) -> Path:
+    folder = out / experiment(family, tasks) / method_label(method, weighting)
+    return folder / (f"fold{fold}_seed{seed}" if fold is not None else f"seed{seed}")
 
 
 def run_status(run: Run) -> str:
@@ -124,9 +141,11 @@ def plan(
     folds: list[int | None],
     seeds: list[int],
     tasks: tuple[str, ...] = (),
+    weightings: tuple[str | None, ...] = (None,),
 ) -> list[Run]:
     """Every run in dependency order: all stage-1 runs (single-task, and methods trained from
-    ImageNet), then all stage-2 runs. A stage-2 method brings its stage-1 run along."""
+    ImageNet), then all stage-2 runs. A stage-2 method brings its stage-1 run along. Every method
+    but the single-task one runs once per weighting (None: the recipe's)."""
     if family.single is not None and any(family.stage2(m) for m in methods) and family.single not in methods:
         methods = [family.single, *methods]
     first = [m for m in methods if not family.stage2(m)]
@@ -136,11 +155,13 @@ def plan(
         for fold in folds:
             for seed in seeds:
                 for method in group:
-                    run = Run(family, method, fold, seed, run_dir(out, family, method, fold, seed, tasks), tasks=tasks)
-                    if family.stage2(method):
-                        run.init = run_dir(out, family, family.single, fold, seed, tasks) / "checkpoint_best.pth"
-                    run.status = run_status(run)
-                    runs.append(run)
+                    for weighting in (None,) if method == family.single else weightings:
+                        where = run_dir(out, family, method, fold, seed, tasks, weighting)
+                        run = Run(family, method, fold, seed, where, tasks=tasks, weighting=weighting)
+                        if family.stage2(method):
+                            run.init = run_dir(out, family, family.single, fold, seed, tasks) / "checkpoint_best.pth"
+                        run.status = run_status(run)
+                        runs.append(run)
     return runs
 
 
@@ -162,6 +183,7 @@ def train_command(run: Run, data_root: Path, extra: list[str], torchrun: int = 0
     cmd += [
         *f.script_args,
         *([f.task_flag, *run.tasks] if run.tasks else []),
+        *(["--weighting", run.weighting] if run.weighting else []),
         "--out",
         str(run.last),
         "--logdir",
@@ -271,11 +293,19 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     data_root, out = Path(args.data_root).resolve(), Path(args.out).resolve()
     if not data_root.is_dir():
         raise ProtocolError(f"--data-root {args.data_root}: not a folder")
-    runs = plan(family, out, methods, folds, seeds, tasks)
+    weightings: tuple[str | None, ...] = (None,)
+    if args.weightings:
+        weightings = tuple(dict.fromkeys(args.weightings.split(",")))
+        bad = [w for w in weightings if w not in WEIGHTINGS]
+        if bad:
+            raise ProtocolError(f"--weightings: {', '.join(bad)} not among {', '.join(WEIGHTINGS)}")
+        if family.single is None:
+            raise ProtocolError(f"--weightings: {family.name} trains one task, there is nothing to weigh")
+    runs = plan(family, out, methods, folds, seeds, tasks, weightings)
     counts = {s: sum(r.status == s for r in runs) for s in ("finished", "interrupted", "fresh")}
     log = sys.stderr if args.dry_run else sys.stdout
     print(
-        f"plan: {len(runs)} runs of {family.name} ({', '.join(dict.fromkeys(r.method for r in runs))}; "
+        f"plan: {len(runs)} runs of {family.name} ({', '.join(dict.fromkeys(r.dir.parent.name for r in runs))}; "
         f"folds {'-' if folds == [None] else ','.join(map(str, folds))}; seeds {','.join(map(str, seeds))}) "
         f"under {out / experiment(family, tasks)}: {counts['finished']} finished, {counts['interrupted']} interrupted "
         f"(resumed), {counts['fresh']} to train",
@@ -371,9 +401,15 @@ def mean_std(values: list[float]) -> tuple[float, float, int]:
 
 
 def method_order(family: str, methods: set[str]) -> list[str]:
+    """The protocol's methods in its order, each followed by its ``+<weighting>`` variants; others last."""
     family = protocol_of(family)
-    known = PROTOCOLS[family].methods if family in PROTOCOLS else ()
-    return [m for m in known if m in methods] + sorted(methods - set(known))
+    known = list(PROTOCOLS[family].methods) if family in PROTOCOLS else []
+
+    def key(m: str) -> tuple[int, str, str]:
+        base, _, weighting = m.partition("+")
+        return (known.index(base) if base in known else len(known), base, weighting)
+
+    return sorted(methods, key=key)
 
 
 def aggregate(family: str, runs: list[dict]) -> tuple[list[dict], list[str], list[str]]:
@@ -571,6 +607,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="TASK",
         help="nyuv2, cityscapes: the tasks in branch order (the training script's --tasks); the runs go to "
         "OUT/<protocol>-<task>-.../",
+    )
+    r.add_argument(
+        "--weightings",
+        default=None,
+        metavar="W,W",
+        help="comma-separated loss weightings or gradient methods (e.g. dwa,pcgrad,nash): every fused method "
+        "runs once with each (folders <method>+<weighting>); default: the recipe's weighting, one run",
     )
     q = sub.add_parser("report", help="table of methods x metrics over the runs under a folder")
     q.add_argument("dir", help="the --out folder of `run` (one protocol) or OUT/<protocol>[-<tasks>]")

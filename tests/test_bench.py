@@ -134,3 +134,26 @@ def test_reference_side_by_side():
     assert by["pixel/afa original fp32 NCHW"]["flops"] == pytest.approx(
         by["pixel/afa ours fp32 NCHW"]["flops"], rel=0.01
     )
+
+
+def test_gradient_methods_are_timed_beside_equal(capsys):
+    argv = ["--kinds", "image", "--fusions", "none", "shared", "--batch-size", "2", "--input-size", "32"]
+    argv += ["--depths", "1", "1", "1", "1", "--weightings", "pcgrad", "famo"]
+    report = bench.main(_args(*argv))
+    labels = [r["label"] for r in report["steps"]]
+    # none shares nothing: equal only; shared: equal, then each method on the same network and mode
+    assert labels == [
+        "image/none ours fp32 NCHW",
+        "image/shared ours fp32 NCHW",
+        "image/shared+pcgrad ours fp32 NCHW",
+        "image/shared+famo ours fp32 NCHW",
+    ]
+    _check_steps(report, 4)
+    ratios = {q["what"]: q["over_equal"] for q in report["ratios"] if "over_equal" in q}
+    assert set(ratios) == {
+        "image/shared+pcgrad ours fp32 NCHW: pcgrad / equal step time",
+        "image/shared+famo ours fp32 NCHW: famo / equal step time",
+    }
+    assert all(v > 0 for v in ratios.values())
+    assert "pcgrad / equal step time" in capsys.readouterr().out
+    assert any("timed with equal only" in n for n in report["notes"])

@@ -200,6 +200,30 @@ def write_run(root: Path, family: str, method: str, name: str, metrics: dict, pe
         (run / "per_class_iou.json").write_text(json.dumps(per_class))
 
 
+def test_weightings_add_an_axis_of_runs_and_report_rows(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["adience", "--data-root", str(tmp_path), "--out", str(out), "--methods", "afa,shared", "--folds", "0"]
+    code, lines, err = dry_run(capsys, *argv, "--weightings", "dwa,pcgrad")
+    assert code == 0 and "plan: 5 runs of adience (none, shared+dwa, shared+pcgrad, afa+dwa, afa+pcgrad;" in err
+    runs = {Path(flag(shlex.split(t), "--logdir")).parent.name: shlex.split(t) for t, _ in lines}
+    assert flag(runs["none"], "--weighting") is None  # the single-task pair keeps the recipe's
+    assert flag(runs["afa+pcgrad"], "--weighting") == "pcgrad" and flag(runs["shared+dwa"], "--weighting") == "dwa"
+    assert flag(runs["afa+pcgrad"], "--init") == str(out / "adience" / "none" / "fold0_seed0" / "checkpoint_best.pth")
+    code, _, err = dry_run(capsys, *argv, "--weightings", "dwa,sgd")
+    assert code == 2 and "--weightings: sgd not among" in err
+
+    base = {"gender/acc": 0.80, "age/acc": 0.40, "age/one_off": 0.70}
+    for method, gain in (("none", 1.0), ("afa+pcgrad", 1.1), ("afa+dwa", 1.05), ("shared+dwa", 0.9)):
+        write_run(tmp_path / "res", "adience", method, "fold0_seed0", {k: v * gain for k, v in base.items()})
+    json_path = tmp_path / "report.json"
+    assert reproduce.main(["report", str(tmp_path / "res"), "--json", str(json_path)]) == 0
+    rows = {(r["method"], r["metric"]): r for r in json.loads(json_path.read_text())["rows"]}
+    order = list(dict.fromkeys(r["method"] for r in json.loads(json_path.read_text())["rows"]))
+    assert order == ["none", "shared+dwa", "afa+dwa", "afa+pcgrad"]  # the protocol's order, then weighting
+    assert rows["afa+pcgrad", "delta_m"]["mean"] == pytest.approx(10.0)
+    assert rows["shared+dwa", "delta_m"]["mean"] == pytest.approx(-10.0)
+
+
 def test_report_means_stds_and_deltas_equal_recomputed_values(tmp_path, capsys):
     made_up = {  # (method, fold) -> eval.json; 2 folds x 2 methods, plus one 'shared' run (n = 1)
         ("none", 0): {"gender/acc": 0.80, "age/acc": 0.40, "age/one_off": 0.70},
