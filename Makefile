@@ -21,13 +21,13 @@ $(VENV)/.dev: $(VENV)/.installed requirements-dev.txt requirements-solvers.txt
 venv: $(VENV)/.installed
 dev: $(VENV)/.dev
 
-# The whole suite (CPU, no network): what CI runs.
+# The whole suite (CPU, no network): what CI runs, on two worker processes (pytest-xdist).
 test: dev
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 # The edit loop: everything but the tests that start scripts in subprocesses or several processes.
 test-fast: dev
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 lint: dev
 	$(PY) -m ruff check .

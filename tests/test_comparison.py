@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import train_image
-import train_pixel
 from engine import train as trainer
 from engine.checkpoint import load_checkpoint
 from engine.logger import read_log
@@ -89,43 +88,13 @@ def test_dwa_weights_follow_the_formula_from_the_logged_epoch_losses(adience, tm
 
 
 @pytest.mark.parametrize("weighting", ["dwa", "uncertainty"])
-def test_resume_after_a_signal_is_bit_exact_with_stateful_weightings(nyu, tmp_path, monkeypatch, weighting):
+def test_resume_after_a_signal_is_bit_exact_with_stateful_weightings(adience, tmp_path, monkeypatch, weighting):
     def args(run, *extra):
-        return train_pixel.get_args_parser().parse_args(
-            [
-                "--data-root",
-                str(nyu),
-                "--crop-size",
-                "64",
-                "--batch-size",
-                "2",
-                "--epochs",
-                "3",
-                "--limit-batches",
-                "2",
-                "--workers",
-                "0",
-                "--device",
-                "cpu",
-                "--pretrained",
-                "none",
-                *TINY,
-                "--fusion",
-                "cross_stitch",
-                "--weighting",
-                weighting,
-                "--seed",
-                "5",
-                "--out",
-                str(run / "last.pth"),
-                "--logdir",
-                str(run),
-                *extra,
-            ]
-        )
+        flags = ["--fusion", "cross_stitch", "--weighting", weighting, "--seed", "5", "--epochs", "3"]
+        return image(adience, run, *flags, *extra)
 
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert train_pixel.main(args(full)) == 0
+    assert train_image.main(args(full)) == 0
     calls = {"n": 0}
 
     def stop_in_epoch_3(stop, dist, at_log):
@@ -133,14 +102,14 @@ def test_resume_after_a_signal_is_bit_exact_with_stateful_weightings(nyu, tmp_pa
         return calls["n"] == 5  # after the first batch of epoch 3, where DWA's history matters
 
     monkeypatch.setattr(trainer, "should_stop", stop_in_epoch_3)
-    assert train_pixel.main(args(cut)) == 128 + signal.SIGTERM
+    assert train_image.main(args(cut)) == 128 + signal.SIGTERM
     monkeypatch.undo()
-    assert train_pixel.main(args(cut, "--resume", str(cut / "last.pth"))) == 0
-    a, b = load_checkpoint(full / "last.pth"), load_checkpoint(cut / "last.pth")
+    assert train_image.main(args(cut, "--resume", str(cut / "x_last.pth"))) == 0
+    a, b = load_checkpoint(full / "x_last.pth"), load_checkpoint(cut / "x_last.pth")
     assert json.dumps(a["train_state"]) == json.dumps(b["train_state"])
     for part in ("model", "weighting"):
         for k in a[part]:
             x, y = a[part][k], b[part][k]
             assert torch.equal(x, y) if torch.is_tensor(x) else x == y, (part, k)
     la, lb = read_log(full / "log.jsonl"), read_log(cut / "log.jsonl")
-    assert [r["train/weight/seg"] for r in la] == [r["train/weight/seg"] for r in lb]
+    assert [r["train/weight/age"] for r in la] == [r["train/weight/age"] for r in lb]
