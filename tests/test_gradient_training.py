@@ -191,7 +191,7 @@ def test_every_method_trains_afa_with_two_tasks_and_hard_sharing_with_three(meth
     assert ("train/weight/age" in rec) == (method != "pcgrad")
 
     shared = tmp_path / "shared"
-    three = ["--tasks", "seg", "depth", "normal", "--fusion", "shared", "--weighting", method]
+    three = ["--tasks", "seg", "depth", "normal", "--fusion", "shared", "--weighting", method, "--amp", "bf16"]
     assert train_pixel.main(pixel(mtan, shared, *three)) == 0
     rec = read_log(shared / "log.jsonl")[-1]
     assert all(rec[f"train/loss/{t}"] == rec[f"train/loss/{t}"] for t in ("seg", "depth", "normal"))  # not NaN

@@ -29,9 +29,9 @@ SIZE = 64  # network input size: small windows keep every forward pass cheap
 TINY = [1, 1, 1, 3]  # one bottleneck per stage (three in stage 4, where AFA sits): the real structure, cheap
 
 
-def save_tiny(kind: str, path: Path) -> Path:
+def save_tiny(kind: str, path: Path, **options) -> Path:
     torch.manual_seed(0)
-    model = build_model(kind, "afa", input_size=SIZE, depths=TINY)
+    model = build_model(kind, "afa", input_size=SIZE, depths=TINY, **options)
     with torch.no_grad():  # non-trivial BatchNorm statistics, so that eval-mode outputs vary with the input
         for name, buf in model.named_buffers():
             if name.endswith("running_mean"):
@@ -136,6 +136,22 @@ def test_odd_sizes_and_modes_give_outputs_at_their_own_size(pixel_ckpt, tmp_path
         )
         assert Image.open(out / f"{name}_overlay.png").size == shape[::-1]
     assert len(json.loads((out / "labels.json").read_text())["seg"]) == 40
+
+
+def test_three_tasks_write_normals_as_unit_vectors_and_an_rgb_png(tmp_path):
+    tasks = {"seg": 13, "depth": 1, "normal": 3}
+    ckpt = save_tiny("pixel", tmp_path / "three.pth", tasks=tasks, unit_tasks=["normal"])
+    src = tmp_path / "in"
+    src.mkdir()
+    write_png(src / "room.png", np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    assert run("--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), str(src)) == 0
+    pred = np.load(tmp_path / "out" / "room.npz")
+    assert pred["normal"].shape == (3, 50, 70) and pred["seg"].shape == pred["depth"].shape == (50, 70)
+    np.testing.assert_allclose(np.linalg.norm(pred["normal"], axis=0), 1.0, rtol=1e-5)
+    png = Image.open(tmp_path / "out" / "room_normal.png")
+    assert png.mode == "RGB" and png.size == (70, 50) and "(n + 1) / 2" in png.text["normals"]
+    expected = np.rint(np.clip((pred["normal"].transpose(1, 2, 0) + 1) / 2, 0, 1) * 255)
+    assert np.array_equal(np.asarray(png), expected.astype(np.uint8))  # RGB = (n + 1) / 2
 
 
 def rotated_exif() -> Image.Exif:
