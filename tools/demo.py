@@ -48,12 +48,13 @@ SCRATCH = ["--pretrained", "none"]  # random initial weights: nothing to downloa
 # head then overshoots the ~4 m depth offset in its first steps (epoch-1 loss above a constant prediction's)
 # and leaves a network whose eval-mode BatchNorm outputs extrapolate to tens of metres (docs/reproducing.md).
 # Small crops, larger batches: 8 batches of 12 crops of 40 x 40 give BatchNorm steadier statistics than
-# batches of 4 at 64 x 64, for less compute per step. The base rate is 0.01: at 0.02 AFA's stage 2 left a
-# network whose test depth RMSE was 6 m (twice the mean-depth baseline's error is the demo's bound).
+# batches of 4 at 64 x 64, for less compute per step. Stage 2 fine-tunes at half the rate of the runs from
+# random weights: at 0.02 AFA's stage 2 left a network whose test depth RMSE was 6 m (twice the mean-depth
+# baseline's error is the demo's bound); at 0.01 for every run, stage 1 learnt too little segmentation.
 PIXEL = ["--crop-size", "40", "--batch-size", "12", "--lr-mult", '{"head": 1}', "--val-fraction", "0.05"]
 PIXEL += ["--epochs", "3", *FAST]
 # Adience: at 0.01 from random weights the age loss climbs to 4-8 (chance: log 8 = 2.1) in the first epochs.
-IMAGE = ["--crop-size", "64", "--batch-size", "16", "--epochs", "3", *FAST]
+IMAGE = ["--crop-size", "64", "--batch-size", "16", "--epochs", "2", *FAST]
 # Series: the original's 10x on the head makes the loss swing, so the head learns at the base rate here;
 # pair swaps double the labels.
 SERIES = ["--crop-size", "32", "--batch-size", "16", "--lr-mult", '{"head": 1}', "--swap-p", "0.5"]
@@ -145,16 +146,28 @@ def main(argv: list[str] | None = None) -> int:
     image_metrics = ["age/acc", "gender/acc", "age/one_off"]
     series_metrics = ["pair/acc", "pair/acc_agree", "series/top1"]
     trunk = results / "series" / SIAMESE_TRUNK
+    nyu_title = "NYUv2 (synthetic, 8 test frames of 144 x 192)"
     parts = [
+        # stage 1 and hard sharing from random weights at 0.02; stage 2 fine-tunes from stage 1 at 0.01
         Part(
             "nyuv2",
             "pixel",
             "nyuv2",
-            [],
+            ["--methods", "none,shared"],
+            [*PIXEL, *SCRATCH, "--lr", "0.02"],
+            {},
+            nyu_metrics,
+            nyu_title,
+        ),
+        Part(
+            "nyuv2",
+            "pixel",
+            "nyuv2",
+            ["--methods", "cross_stitch,nddr,afa"],
             [*PIXEL, *SCRATCH, "--lr", "0.01"],
             {},
             nyu_metrics,
-            "NYUv2 (synthetic, 8 test frames of 144 x 192)",
+            nyu_title,
         ),
         Part(
             "adience",
