@@ -115,6 +115,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="bottlenecks per ResNet stage (default ResNet-50; fewer for quick checks)",
     )
+    p.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        metavar="C",
+        help="planes of layer1's bottlenecks (default 64, ResNet-50; narrower for quick checks)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument(
         "--amp",
@@ -196,6 +203,7 @@ class StepConfig:
     impl: str = "ours"  # 'ours' or 'original'
     grad_mode: str = "protect"
     depths: list[int] | None = None
+    width: int | None = None
     weighting: str = "equal"  # a loss weighting or a gradient method (--weightings)
 
     @property
@@ -228,7 +236,7 @@ def optimizer_kwargs(device: torch.device) -> dict[str, Any]:
 
 
 def build_ours(cfg: StepConfig, device: torch.device) -> tuple[nn.Module, list[dict[str, Any]]]:
-    options = {"input_size": cfg.size, **({"depths": cfg.depths} if cfg.depths else {})}
+    options = {"input_size": cfg.size, **{k: v for k, v in (("depths", cfg.depths), ("width", cfg.width)) if v}}
     grad_mode = {"grad_mode": cfg.grad_mode} if cfg.kind in ARCHITECTURES else {}
     model = build_model(cfg.kind, cfg.fusion, **grad_mode, **options).to(device)
     if cfg.channels_last:
@@ -483,6 +491,7 @@ def step_configs(args: argparse.Namespace, mods: Path | None) -> tuple[list[Step
                             args.compile,
                             grad_mode=args.grad_mode,
                             depths=args.depths,
+                            width=args.width,
                             weighting=weighting,
                         )
                     )

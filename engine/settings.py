@@ -108,6 +108,14 @@ def _model(p: argparse._ArgumentGroup, family: type[Family]) -> None:
         "from random weights)",
     )
     p.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        metavar="C",
+        help="planes of layer1's bottlenecks, doubled per stage (default 64, ResNet-50; narrower only for "
+        "smoke tests, from random weights)",
+    )
+    p.add_argument(
         "--pretrained",
         default="imagenet",
         help="backbone initialisation: imagenet (torchvision download), PATH to a ResNet-50 state dict, or none",

@@ -141,6 +141,11 @@ class Family:
         """Model config fields the family sets beyond the flags (e.g. which outputs are unit vectors)."""
         return {}
 
+    def trunk_options(self) -> dict[str, Any]:
+        """The trunks' shape from --depths / --width where given (else the model's ResNet-50 defaults)."""
+        s = self.settings
+        return {k: v for k, v in (("depths", s.depths), ("width", s.width)) if v}
+
     def data_info(self, train: Dataset) -> dict[str, Any]:
         """What the checkpoint records about the training data ('data': dataset, frame size, labels)."""
         return {}

@@ -52,7 +52,7 @@ class FusedFamily(Family):
             fusion_init=s.fusion_init,
             afa_relation=s.afa_relation,
             **self.model_options(),
-            **({"depths": s.depths} if s.depths else {}),
+            **self.trunk_options(),
         ).to_dict()
 
     @classmethod

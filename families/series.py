@@ -114,7 +114,7 @@ class SeriesFamily(Family):
             input_size=s.crop_size,
             shared_units=s.shared_units,
             symmetric=s.symmetric,
-            **({"depths": s.depths} if s.depths else {}),
+            **self.trunk_options(),
         ).to_dict()
 
     def data_info(self, train: Dataset) -> dict[str, Any]:

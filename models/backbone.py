@@ -22,6 +22,27 @@ WeightsSpec = Union[None, str, os.PathLike, Mapping[str, Tensor]]  # noqa: UP007
 
 MULTI_GRID = (1, 2, 4)
 RESNET50_DEPTHS = (3, 4, 6, 3)  # bottlenecks per stage; tests build tiny trunks with fewer
+RESNET50_WIDTH = 64  # planes of layer1's bottlenecks (outputs 4x that); tests build narrower trunks
+
+
+class _ScaledResNet(ResNet):
+    """torchvision's ResNet with the stem's channels and every stage's planes scaled by ``width / 64``.
+
+    At width 64 it is torchvision's network, module for module; narrower widths keep the
+    structure (same keys, strides, dilations) at a fraction of the compute, for smoke tests.
+    """
+
+    def __init__(self, width: int, depths: Sequence[int], dilate: Sequence[bool]) -> None:
+        object.__setattr__(self, "_width", width)  # ResNet.__init__ calls _make_layer
+        super().__init__(Bottleneck, list(depths), replace_stride_with_dilation=list(dilate))
+        if width != RESNET50_WIDTH:  # the stem, built at 64 by torchvision (Trunk re-initialises all)
+            self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+            self.bn1 = nn.BatchNorm2d(width)
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):  # noqa: ANN001, ANN202 (torchvision's)
+        if planes == RESNET50_WIDTH:  # layer1 reads the stem: as wide as the narrowed stem, so that its
+            self.inplanes = self._width  # first block keeps its projection shortcut (64 -> 256 in ResNet-50)
+        return super()._make_layer(block, planes * self._width // RESNET50_WIDTH, blocks, stride, dilate)
 
 
 class Trunk(nn.Module):
@@ -31,9 +52,14 @@ class Trunk(nn.Module):
         output_stride: 32 (classification), 16 or 8 (DeepLab; stage 4 becomes multi-grid).
         depths: bottlenecks in layer1..layer4; ResNet-50's (3, 4, 6, 3) by default. Only the
             default takes ImageNet weights; a DeepLab stage 4 has at most 3 blocks (multi-grid).
+        width: planes of layer1's bottlenecks, doubled per stage; ResNet-50's 64 by default (the
+            stages output 4 x width x 1, 2, 4, 8 channels). Narrower trunks are for smoke tests and
+            take no ImageNet weights either.
     """
 
-    def __init__(self, output_stride: int = 32, depths: Sequence[int] = RESNET50_DEPTHS) -> None:
+    def __init__(
+        self, output_stride: int = 32, depths: Sequence[int] = RESNET50_DEPTHS, width: int = RESNET50_WIDTH
+    ) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
@@ -41,14 +67,17 @@ class Trunk(nn.Module):
             raise ValueError(f"depths: four stage depths >= 1 expected, got {list(depths)}")
         if output_stride != 32 and depths[3] > len(MULTI_GRID):
             raise ValueError(f"depths: a multi-grid stage 4 has at most {len(MULTI_GRID)} blocks, got {depths[3]}")
+        if not 1 <= width <= RESNET50_WIDTH:
+            raise ValueError(f"width: 1 to {RESNET50_WIDTH} planes expected, got {width}")
         # torchvision replaces the stride of the dilated stages by dilation; it keeps the
         # first block of a dilated stage at the previous rate, which DeepLab's multi-grid
         # unit does not, so stage 4's rates are set below.
         dilate = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}[output_stride]
-        net = ResNet(Bottleneck, list(depths), replace_stride_with_dilation=dilate)
+        net = _ScaledResNet(width, depths, dilate)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.output_stride = output_stride
+        self.depths, self.width = tuple(int(n) for n in depths), int(width)
         if output_stride != 32:
             base = 32 // output_stride  # rate that replaces stage 4's stride (2 at OS16, 4 at OS8)
             for block, unit in zip(self.layer4, MULTI_GRID):
@@ -69,17 +98,25 @@ class Trunk(nn.Module):
     def stage4_channels(self) -> int:
         return self.layer4[-1].conv3.out_channels
 
-    @staticmethod
-    def stage_channels(stage: int) -> int:
-        """Output channels of layer1..layer4 (256, 512, 1024, 2048)."""
-        return 256 * 2 ** (stage - 1)
+    def stage_channels(self, stage: int) -> int:
+        """Output channels of layer1..layer4 (ResNet-50: 256, 512, 1024, 2048)."""
+        return 4 * self.width * 2 ** (stage - 1)
+
+    def require_resnet50(self) -> None:
+        """Raise ValueError unless this trunk has ResNet-50's shape (the only one ImageNet weights fit)."""
+        if self.depths != RESNET50_DEPTHS or self.width != RESNET50_WIDTH:
+            raise ValueError(
+                f"ResNet-50 weights fit depths {' '.join(map(str, RESNET50_DEPTHS))} and width {RESNET50_WIDTH} "
+                f"only; this network has depths {' '.join(map(str, self.depths))} and width {self.width} "
+                "(use --pretrained none)"
+            )
 
     def stage_stride(self, stage: int) -> int:
         """Total stride after layer1..layer4: 4, 8, 16, 32, capped by the output stride (dilated stages)."""
         return min(2 ** (stage + 1), self.output_stride)
 
     def stem(self, x: Tensor) -> Tensor:
-        """(B, 3, H, W) -> (B, 64, H/4, W/4)."""
+        """(B, 3, H, W) -> (B, width, H/4, W/4)."""
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
 
@@ -103,7 +140,10 @@ def torchvision_state_dict(weights: WeightsSpec) -> dict[str, Tensor]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt / pickled-code files
-        raise ValueError(f"backbone weights {path!r}: not a loadable state dict ({type(e).__name__}: {e})") from None
+        first = str(e).strip().split("\n")[0].split(". ")[0]  # torch's weights_only errors run to paragraphs
+        raise ValueError(
+            f"backbone weights {path!r}: not a loadable state dict ({type(e).__name__}: {first})"
+        ) from None
     if isinstance(sd, Mapping) and "model" in sd and isinstance(sd["model"], Mapping):
         sd = sd["model"]
     if not isinstance(sd, Mapping):

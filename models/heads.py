@@ -9,6 +9,8 @@ from torch import Tensor, nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
+HEAD_CHANNELS = 256  # ASPP's and the decoder's width behind a ResNet-50 (scaled with narrower test trunks)
+LOW_REDUCED = 48  # the decoder's reduction of the stage-1 features, at HEAD_CHANNELS
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int = 1, dilation: int = 1) -> list[nn.Module]:
@@ -22,11 +24,19 @@ class ClassifierHead(nn.Module):
     Args:
         in_channels: C of the trunk's last stage.
         num_classes: outputs.
-        output_stride: the trunk's (any: the features are pooled globally); taken so that every head
-            is built alike (models.multitask.ARCHITECTURES).
+        output_stride: the trunk's (any: the features are pooled globally); taken, like
+            ``low_channels`` and ``channels`` (unused here), so that every head is built alike
+            (models.multitask.ARCHITECTURES).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, output_stride: int = 32) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        output_stride: int = 32,
+        low_channels: int = 256,
+        channels: int = HEAD_CHANNELS,
+    ) -> None:
         super().__init__()
         self.fc = nn.Linear(in_channels, num_classes)
         nn.init.kaiming_normal_(self.fc.weight)  # the reference's init; the bias keeps torch's default
@@ -38,7 +48,9 @@ class ClassifierHead(nn.Module):
 class Decoder(nn.Module):
     """DeepLabv3+ decoder: fuse ASPP output with stage-1 features, predict at 1/4 resolution."""
 
-    def __init__(self, num_outputs: int, low_channels: int = 256, channels: int = 256, low_reduced: int = 48) -> None:
+    def __init__(
+        self, num_outputs: int, low_channels: int = 256, channels: int = HEAD_CHANNELS, low_reduced: int = LOW_REDUCED
+    ) -> None:
         super().__init__()
         self.reduce = nn.Sequential(*_conv_bn_relu(low_channels, low_reduced))
         self.fuse = nn.Sequential(
@@ -62,15 +74,24 @@ class DeepLabHead(nn.Module):
         in_channels: C of the trunk's last stage (2048).
         num_outputs: output channels (classes, or 1 for depth).
         output_stride: the trunk's, 16 or 8: it sets the ASPP rates.
+        low_channels: C of the trunk's stage 1 (256), the decoder's low-level input.
+        channels: ASPP's and the decoder's width (256; the low-level reduction scales with it from 48).
     """
 
-    def __init__(self, in_channels: int, num_outputs: int, output_stride: int = 16) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_outputs: int,
+        output_stride: int = 16,
+        low_channels: int = 256,
+        channels: int = HEAD_CHANNELS,
+    ) -> None:
         super().__init__()
         # torchvision's ASPP is the reference's module: 1x1 and three dilated 3x3 branches, image
         # pooling (its bilinear upsampling of a 1x1 map is a broadcast whatever align_corners),
         # 1x1 projection, BN, ReLU, dropout 0.5.
-        self.aspp = ASPP(in_channels, ASPP_RATES[output_stride])
-        self.decoder = Decoder(num_outputs)
+        self.aspp = ASPP(in_channels, ASPP_RATES[output_stride], channels)
+        self.decoder = Decoder(num_outputs, low_channels, channels, max(1, LOW_REDUCED * channels // HEAD_CHANNELS))
         for m in self.modules():  # the reference's init: Kaiming normal convs, BN (1, 0)
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)

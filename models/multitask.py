@@ -29,7 +29,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .afa import DEFAULT_TAU, GRAD_MODES, RELATIONS, AFALayer, init_afa_
-from .backbone import RESNET50_DEPTHS, Trunk, WeightsSpec, feature_size, load_trunk_weights, torchvision_state_dict
+from .backbone import (
+    RESNET50_DEPTHS,
+    RESNET50_WIDTH,
+    Trunk,
+    WeightsSpec,
+    feature_size,
+    load_trunk_weights,
+    torchvision_state_dict,
+)
 from .fusion import (
     FUSION_INITS,
     FUSION_LR_MULT,
@@ -41,7 +49,7 @@ from .fusion import (
     point_key,
     resolve_points,
 )
-from .heads import ClassifierHead, DeepLabHead
+from .heads import HEAD_CHANNELS, ClassifierHead, DeepLabHead
 from .series import SeriesConfig, SeriesNet, build_series_model
 
 SHARED = "shared"  # the branch name of the one trunk of hard sharing
@@ -55,7 +63,7 @@ class Architecture:
         tasks: default tasks with their output channels, in branch order.
         input_size: default square input side.
         output_strides: the trunk's allowed output strides, the default first.
-        head: the head class, built as ``head(in_channels, outputs, output_stride)``.
+        head: the head class, built as ``head(in_channels, outputs, output_stride, low_channels, channels)``.
         lr_mult: the reference's learning-rate multipliers of the trunks and heads; the fusion
             group's depends on the method (models.fusion.FUSION_LR_MULT).
     """
@@ -93,7 +101,8 @@ class ModelConfig:
     default points. ``fusion_init`` 'self' starts AFA layers leaning towards each branch's own features
     (cross-stitch and NDDR start there anyway). ``afa_relation`` 'tied' (the original's two maps at any
     number of tasks) or 'pairwise' (models/afa.py). ``unit_tasks``: tasks whose outputs are L2-normalised
-    per pixel (surface normals).
+    per pixel (surface normals). ``depths`` and ``width`` shape the trunks (ResNet-50's by default; smaller
+    ones build tiny networks for tests, which take no ImageNet weights).
     """
 
     kind: str
@@ -107,6 +116,7 @@ class ModelConfig:
     fusion_at: list[str] | None = None
     fusion_init: str = "reference"
     depths: list[int] = field(default_factory=lambda: list(RESNET50_DEPTHS))
+    width: int = RESNET50_WIDTH
     afa_relation: str = "tied"
     unit_tasks: list[str] = field(default_factory=list)
 
@@ -126,6 +136,7 @@ class ModelConfig:
         self.input_size = square_or_pair(self.input_size or arch.input_size)
         self.output_stride = int(self.output_stride or arch.output_strides[0])
         self.depths = [int(n) for n in self.depths]
+        self.width = int(self.width)
         self.unit_tasks = list(self.unit_tasks)
         if not self.tasks:
             raise ValueError("a network needs at least one task")
@@ -174,11 +185,15 @@ class MultiTaskNet(nn.Module):
         self.config = config
         self.tasks = list(config.tasks)
         self.branch_of = {t: (SHARED if config.fusion == SHARED else t) for t in self.tasks}
-        self.trunks = nn.ModuleDict({b: Trunk(config.output_stride, config.depths) for b in config.branches})
+        self.trunks = nn.ModuleDict(
+            {b: Trunk(config.output_stride, config.depths, config.width) for b in config.branches}
+        )
         trunk = self.trunks[config.branches[0]]
         head = ARCHITECTURES[config.kind].head
+        # stage-1 channels for the decoder; the head's width follows the trunk's (ResNet-50: 256, 256)
+        head_widths = (trunk.stage_channels(1), HEAD_CHANNELS * config.width // RESNET50_WIDTH)
         self.heads = nn.ModuleDict(
-            {t: head(trunk.stage4_channels, n, config.output_stride) for t, n in config.tasks.items()}
+            {t: head(trunk.stage4_channels, n, config.output_stride, *head_widths) for t, n in config.tasks.items()}
         )
         # one task: nothing to fuse, every method is the single-task network
         self.points = resolve_points(config.fusion, config.fusion_at, config.depths) if len(self.tasks) > 1 else []
@@ -245,6 +260,8 @@ class MultiTaskNet(nn.Module):
     def load_backbone_weights(self, weights: WeightsSpec) -> list[str]:
         """Load one torchvision ResNet-50 state dict into every trunk (strictly); returns the
         source keys that were not used (torchvision's ``fc``)."""
+        for trunk in self.trunks.values():
+            trunk.require_resnet50()
         sd = torchvision_state_dict(weights)
         unused: list[str] = []
         for trunk in self.trunks.values():
@@ -318,8 +335,8 @@ def build_model(
         verbose: print which source keys were left unused by the backbone load.
         **options: the config's fields. Image and pixel (ModelConfig): tasks ({name: channels}, two
             tasks), input_size (the square crop the net is fed; sets SAM's size), output_stride, tau,
-            protect_tasks, fusion_at, fusion_init, depths. Series (SeriesConfig): input_size,
-            shared_units, symmetric, depths.
+            protect_tasks, fusion_at, fusion_init, depths, width. Series (SeriesConfig): input_size,
+            shared_units, symmetric, depths, width.
     """
     if kind not in BUILDERS:
         raise ValueError(f"kind must be one of {tuple(BUILDERS)}, got {kind!r}")

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbone import RESNET50_DEPTHS, Trunk, WeightsSpec, load_trunk_weights, torchvision_state_dict
+from .backbone import RESNET50_DEPTHS, RESNET50_WIDTH, Trunk, WeightsSpec, load_trunk_weights, torchvision_state_dict
 
 SERIES_FUSIONS = ("siamese", "pau")
 PAU_STAGES = ("layer2", "layer3", "layer4")
@@ -59,6 +59,8 @@ class SeriesConfig:
         symmetric: test-time symmetrisation (eval mode only).
         depths: bottlenecks per ResNet stage (ResNet-50's 3, 4, 6, 3; fewer builds tiny networks for
             tests, which cannot take ImageNet weights).
+        width: layer1's bottleneck planes (ResNet-50's 64; narrower builds tiny networks for tests,
+            which cannot take ImageNet weights either).
     """
 
     kind: str = "series"
@@ -67,6 +69,7 @@ class SeriesConfig:
     shared_units: bool = False
     symmetric: bool = False
     depths: list[int] = field(default_factory=lambda: list(RESNET50_DEPTHS))
+    width: int = RESNET50_WIDTH
 
     def __post_init__(self) -> None:
         if self.kind != "series":
@@ -77,6 +80,7 @@ class SeriesConfig:
             raise ValueError("shared_units applies to the PAU network only (the Siamese net has no units)")
         self.input_size = int(self.input_size)
         self.depths = [int(n) for n in self.depths]
+        self.width = int(self.width)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -145,16 +149,16 @@ class SeriesNet(nn.Module):
     def __init__(self, config: SeriesConfig) -> None:
         super().__init__()
         self.config = config
-        self.trunk = Trunk(output_stride=32, depths=config.depths)
+        self.trunk = Trunk(output_stride=32, depths=config.depths, width=config.width)
         self.units = nn.ModuleDict()
         if config.fusion == "pau":
             channels = [getattr(self.trunk, s)[-1].conv3.out_channels for s in PAU_STAGES]  # 512, 1024, 2048
             for photo in ("shared",) if config.shared_units else ("a", "b"):
                 self.units[photo] = nn.ModuleList(PAUnit(c) for c in channels)
-            width = 2 * sum(channels)
+            descriptor = 2 * sum(channels)
         else:
-            width = self.trunk.stage4_channels
-        self.fc = nn.Linear(width, 2)  # torch's default init, as the original
+            descriptor = self.trunk.stage4_channels
+        self.fc = nn.Linear(descriptor, 2)  # torch's default init, as the original
 
     def _stages(self, x: Tensor) -> list[Tensor]:
         """Outputs of layer2, layer3, layer4 for one photo batch."""
@@ -198,6 +202,7 @@ class SeriesNet(nn.Module):
 
     def load_backbone_weights(self, weights: WeightsSpec) -> list[str]:
         """Load a torchvision ResNet-50 state dict into the trunk (strictly); returns the unused keys."""
+        self.trunk.require_resnet50()
         return load_trunk_weights(self.trunk, torchvision_state_dict(weights))
 
     def param_groups(
@@ -239,7 +244,7 @@ def build_series_model(
         backbone_weights: None (random init), 'imagenet', a path to a torchvision ResNet-50
             state-dict file, or such a dict.
         verbose: print which source keys were left unused by the backbone load.
-        **options: SeriesConfig fields: input_size, shared_units, symmetric, depths.
+        **options: SeriesConfig fields: input_size, shared_units, symmetric, depths, width.
     """
     fields = {f.name for f in dataclasses.fields(SeriesConfig)} - {"kind", "fusion"}
     unknown = set(options) - fields

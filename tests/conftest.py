@@ -1,9 +1,21 @@
 """Fixtures shared by the training tests: tiny datasets written in the official formats."""
 
+import os
+
 import pytest
+import torch
 
 from data.prepare_nyuv2 import prepare_nyuv2
 from data.synthetic import write_adience, write_mtan, write_nyuv2
+
+# `make test` runs several worker processes (pytest-xdist): each gets its share of the cores, and so do
+# the scripts it starts (OMP_NUM_THREADS is inherited); torch's default, every core per process,
+# oversubscribes them.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    _threads = max(1, (os.cpu_count() or 1) // _workers)
+    torch.set_num_threads(_threads)
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
 
 
 @pytest.fixture(scope="module")

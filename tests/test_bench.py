@@ -9,18 +9,17 @@ import json
 import os
 
 import pytest
+import tiny_trunk
 import torch
 
 import bench
-
-torch.set_num_threads(2)
 
 
 def _args(*argv):
     return bench.get_args_parser().parse_args(["--steps", "1", "--warmup", "0", *argv])
 
 
-TINY = ["--depths", "1", "1", "1", "3"]  # the real structure (AFA on three stage-4 blocks), one block elsewhere
+TINY = tiny_trunk.FLAGS
 
 
 def _check_steps(report, n):
@@ -138,7 +137,7 @@ def test_reference_side_by_side():
 
 def test_gradient_methods_are_timed_beside_equal(capsys):
     argv = ["--kinds", "image", "--fusions", "none", "shared", "--batch-size", "2", "--input-size", "32"]
-    argv += ["--depths", "1", "1", "1", "1", "--weightings", "pcgrad", "famo"]
+    argv += ["--depths", "1", "1", "1", "1", "--width", str(tiny_trunk.WIDTH), "--weightings", "pcgrad", "famo"]
     report = bench.main(_args(*argv))
     labels = [r["label"] for r in report["steps"]]
     # none shares nothing: equal only; shared: equal, then each method on the same network and mode

@@ -6,6 +6,7 @@ import math
 import signal
 
 import pytest
+import tiny_trunk
 import torch
 
 import train_image
@@ -13,7 +14,7 @@ from engine import train as trainer
 from engine.checkpoint import load_checkpoint
 from engine.logger import read_log
 
-TINY = ["--depths", "1", "1", "1", "3"]
+TINY = tiny_trunk.FLAGS
 
 
 def image(adience, run, *extra):

@@ -3,14 +3,14 @@
 import math
 
 import pytest
+import tiny_trunk
 import torch
 import torch.nn.functional as F
 
 from models import AFALayer, build_model
 from models.fusion import NDDR, CrossStitch, resolve_points
 
-TINY = [1, 1, 1, 3]
-torch.set_num_threads(2)
+TINY = tiny_trunk.MODEL
 
 
 def _pair(c=6, s=3, seed=0):
@@ -52,16 +52,19 @@ def test_nddr_starts_at_point9_self_point1_other_before_bn_and_relu():
 
 
 def test_fusion_points_by_stage_and_block_and_sam_size_per_point():
-    model = build_model("image", "afa", input_size=64, depths=TINY, fusion_at=["layer3", "layer4.1"])
+    model = build_model("image", "afa", input_size=64, **TINY, fusion_at=["layer3", "layer4.1"])
     assert list(model.fusions) == ["layer3", "layer4_1"]
     assert model.fusions["layer3"].sam.size == (4, 4)  # 64 px at stride 16
     assert model.fusions["layer4_1"].sam.size == (2, 2)  # at stride 32
-    assert model.fusions["layer3"].cam.self_fc.out_features == 1024
+    assert model.fusions["layer3"].cam.self_fc.out_features == 16 * tiny_trunk.WIDTH  # layer3 (ResNet-50: 1024)
     with torch.no_grad():
         out = model.eval()(torch.randn(1, 3, 64, 64))
     assert out["age"].shape == (1, 8)
-    pixel = build_model("pixel", "cross_stitch", input_size=64, depths=TINY, fusion_at=["layer2", "layer4.0"])
-    assert list(pixel.fusions) == ["layer2", "layer4_0"] and pixel.fusions["layer4_0"].same["seg"].shape[0] == 2048
+    pixel = build_model("pixel", "cross_stitch", input_size=64, **TINY, fusion_at=["layer2", "layer4.0"])
+    assert (
+        list(pixel.fusions) == ["layer2", "layer4_0"]
+        and pixel.fusions["layer4_0"].same["seg"].shape[0] == 32 * tiny_trunk.WIDTH
+    )
 
 
 def test_fusion_point_errors():
@@ -72,13 +75,13 @@ def test_fusion_point_errors():
     with pytest.raises(ValueError, match="expected layer1..layer4"):
         resolve_points("nddr", ["stage4"], [3, 4, 6, 3])
     with pytest.raises(ValueError, match="has no fusion points"):
-        build_model("image", "none", fusion_at=["layer3"], depths=TINY)
+        build_model("image", "none", fusion_at=["layer3"], **TINY)
     assert [p for _, _, p in resolve_points("afa", None, [3, 4, 6, 3])] == ["layer4.0", "layer4.1", "layer4.2"]
 
 
 def test_pixel_low_level_features_are_taken_before_a_layer1_fusion():
     torch.manual_seed(0)
-    model = build_model("pixel", "cross_stitch", input_size=33, depths=TINY).eval()
+    model = build_model("pixel", "cross_stitch", input_size=33, **TINY).eval()
     seen = {}
     for t, head in model.heads.items():
         head.decoder.reduce.register_forward_hook(lambda m, i, o, t=t: seen.__setitem__(t, i[0]))
@@ -101,7 +104,7 @@ def test_fusion_init_self_leans_afa_towards_the_own_branch():
     w = layer.cam.weights(x1, x2)  # w[target][source]
     torch.testing.assert_close(w[0][0], torch.full_like(w[0][0], 0.9))
     torch.testing.assert_close(w[1][0], torch.full_like(w[1][0], 0.1))
-    default = build_model("image", "afa", depths=TINY, input_size=64)
+    default = build_model("image", "afa", **TINY, input_size=64)
     assert not any("self_prior" in k for k in default.state_dict())  # the reference's keys by default
 
 
@@ -142,13 +145,13 @@ def test_records_adaptive_fallbacks():
 
 def test_network_fusion_stats_and_shared_parameters():
     torch.manual_seed(0)
-    model = build_model("image", "cross_stitch", input_size=64, depths=TINY).train()
+    model = build_model("image", "cross_stitch", input_size=64, **TINY).train()
     model.monitor_fusions()
     sum(o.square().mean() for o in model(torch.randn(2, 3, 64, 64)).values()).backward()
     stats = model.fusion_stats()
     assert stats["layer1/same/gender"] == pytest.approx(0.9) and stats["layer4/other/age/gender"] == pytest.approx(0.1)
     assert stats["layer2/grad_in/age"] > 0 and stats["layer4/grad_out/gender"] > 0
     assert [id(p) for p in model.shared_parameters()] == [id(p) for p in model.fusions["layer4"].parameters()]
-    shared = build_model("image", "shared", depths=TINY)
+    shared = build_model("image", "shared", **TINY)
     assert len(shared.shared_parameters()) == len(list(shared.trunks["shared"].layer4[-1].parameters()))
-    assert build_model("image", "none", depths=TINY).shared_parameters() == []
+    assert build_model("image", "none", **TINY).shared_parameters() == []

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny_trunk
 import torch
 
 import train_image
@@ -26,7 +27,7 @@ from families import family
 from models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--depths", "1", "1", "1", "1"]  # one block per stage: one AFA layer, small checkpoints
+TINY = ["--depths", "1", "1", "1", "1", "--width", str(tiny_trunk.WIDTH)]  # one block per stage: one AFA layer
 COMMON = ["--batch-size", "2", "--epochs", "1", "--limit-batches", "2", "--workers", "0", "--device", "cpu"]
 COMMON += ["--pretrained", "none", *TINY]
 
@@ -43,7 +44,7 @@ def pixel(root, run, *extra):
 
 def tiny(fusion, **options):
     torch.manual_seed(0)
-    return build_model("image", fusion, input_size=32, depths=[1, 1, 1, 1], **options)
+    return build_model("image", fusion, input_size=32, depths=[1, 1, 1, 1], width=tiny_trunk.WIDTH, **options)
 
 
 def step_for(model, weighting, lr=0.1, **kwargs):

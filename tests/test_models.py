@@ -1,11 +1,12 @@
 """Models: shapes, the AFA computation and its gradient modes, weights and conversions.
 
-Small inputs and tiny trunks (TINY: one bottleneck per stage, three in stage 4) keep this fast:
+Small inputs and tiny trunks (tests/tiny_trunk.py: one bottleneck per stage, three in stage 4, width 16) keep this fast:
 an image net built for 64 px has 2x2 stage-4 maps, a pixel net built for 64 px has 4x4 (output
 stride 16). The real ResNet-50 is built where its layout matters (sizes, ImageNet weights).
 """
 
 import pytest
+import tiny_trunk
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -21,8 +22,7 @@ from models import (
 )
 from models.fusion import FUSIONS
 
-torch.set_num_threads(2)
-TINY = [1, 1, 1, 3]
+TINY = tiny_trunk.MODEL
 
 
 def _rand_pair(c=8, s=3, seed=0):
@@ -168,7 +168,7 @@ def test_bad_layer_options_are_refused():
 @pytest.mark.parametrize("kind", ["image", "pixel"])
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_output_shapes_and_keys(kind, fusion):
-    model = build_model(kind, fusion, input_size=64, depths=TINY).eval()
+    model = build_model(kind, fusion, input_size=64, **TINY).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 64))
     shapes = {"image": {"gender": (2, 2), "age": (2, 8)}, "pixel": {"seg": (2, 40, 64, 64), "depth": (2, 1, 64, 64)}}
@@ -189,7 +189,7 @@ def test_default_sizes_give_the_papers_sam_sizes():
 
 
 def test_options_set_tasks_and_sizes():
-    model = build_model("image", tasks={"smile": 2, "pose": 5}, input_size=96, depths=TINY).eval()
+    model = build_model("image", tasks={"smile": 2, "pose": 5}, input_size=96, **TINY).eval()
     assert model.fusions["layer4_0"].sam.size == (3, 3)
     with torch.no_grad():
         out = model(torch.randn(1, 3, 96, 96))
@@ -201,7 +201,7 @@ def test_options_set_tasks_and_sizes():
 
 
 def test_sam_size_error_names_the_inputs_that_fit():
-    model = build_model("image", "afa", input_size=64, depths=TINY).eval()
+    model = build_model("image", "afa", input_size=64, **TINY).eval()
     with pytest.raises(ValueError, match=r"built for 2x2 .* got 3x3.* 33-64"):
         model(torch.randn(1, 3, 96, 96))
 
@@ -220,7 +220,7 @@ def _live_sam(model):
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_every_parameter_gets_a_gradient(kind, fusion):
     torch.manual_seed(0)
-    model = build_model(kind, fusion, "joint", input_size=64, depths=TINY).train()
+    model = build_model(kind, fusion, "joint", input_size=64, **TINY).train()
     _live_sam(model)
     out = model(torch.randn(2, 3, 64, 64))
     sum(o.square().mean() for o in out.values()).backward()
@@ -230,7 +230,7 @@ def test_every_parameter_gets_a_gradient(kind, fusion):
 
 def test_protect_mode_in_the_network_cuts_the_cross_task_path():
     torch.manual_seed(0)
-    model = build_model("image", "afa", "protect", input_size=64, depths=TINY).eval()
+    model = build_model("image", "afa", "protect", input_size=64, **TINY).eval()
     _live_sam(model)
     x = torch.randn(2, 3, 64, 64)
     model(x)["age"].sum().backward()
@@ -286,7 +286,7 @@ def test_backbone_weights_errors(tmp_path, torchvision_resnet):
 @pytest.mark.parametrize("kind", ["image", "pixel"])
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_reference_layout_round_trips(kind, fusion):
-    model = build_model(kind, fusion, input_size=64, depths=TINY)
+    model = build_model(kind, fusion, input_size=64, **TINY)
     sd = model.state_dict()
     ref = to_reference_state_dict(sd, kind, fusion)
     prefixes = ("A_", "B_", "layer", "backbone.", "Cross_", "NDDR_", "conv1", "bn1")
@@ -354,8 +354,8 @@ def test_reference_names_map_to_ours():
 
 def test_stage2_initialisation_takes_the_trunks_and_reports():
     torch.manual_seed(0)
-    single = build_model("pixel", "none", input_size=64, depths=TINY)
-    fused = build_model("pixel", "afa", input_size=64, depths=TINY)
+    single = build_model("pixel", "none", input_size=64, **TINY)
+    fused = build_model("pixel", "afa", input_size=64, **TINY)
     report = init_from_stage1(fused, single.state_dict())
     sd = fused.state_dict()
     assert report["loaded"] and all(k.startswith("trunks.") for k in report["loaded"])
@@ -368,26 +368,51 @@ def test_stage2_initialisation_takes_the_trunks_and_reports():
     assert set(whole["loaded"]) == set(single.state_dict())
     assert all(k.startswith("fusions.") for k in whole["kept"])
     with pytest.raises(ValueError, match="missing"):
-        init_from_stage1(fused, build_model("image", "none", input_size=64, depths=TINY).state_dict())
+        init_from_stage1(fused, build_model("image", "none", input_size=64, **TINY).state_dict())
     with pytest.raises(ValueError, match="not from a single-task network .*fusions.layer4_0"):
         init_from_stage1(fused, fused.state_dict())
     with pytest.raises(ValueError, match="hard sharing"):
-        init_from_stage1(build_model("pixel", "shared", input_size=64, depths=TINY), single.state_dict())
+        init_from_stage1(build_model("pixel", "shared", input_size=64, **TINY), single.state_dict())
 
 
 def test_param_groups_follow_the_reference_recipe():
-    image = build_model("image", "afa", input_size=64, depths=TINY)
+    image = build_model("image", "afa", input_size=64, **TINY)
     groups = {g["name"]: g for g in image.param_groups(0.01)}
     assert groups["fusion"]["lr"] == pytest.approx(10.0) and groups["backbone"]["lr"] == pytest.approx(0.01)
-    pixel = build_model("pixel", "afa", input_size=64, depths=TINY)
+    pixel = build_model("pixel", "afa", input_size=64, **TINY)
     groups = {g["name"]: g for g in pixel.param_groups(0.01, lr_mult={"fusion": 5})}
     assert groups["head"]["lr"] == pytest.approx(0.1) and groups["fusion"]["lr"] == pytest.approx(0.05)
     ids = [id(p) for g in groups.values() for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in pixel.parameters())
     for fusion in ("cross_stitch", "nddr"):  # Misra et al. / Gao et al.: the units at x100
-        groups = {g["name"]: g for g in build_model("image", fusion, depths=TINY).param_groups(0.01)}
+        groups = {g["name"]: g for g in build_model("image", fusion, **TINY).param_groups(0.01)}
         assert groups["fusion"]["lr"] == pytest.approx(1.0)
-    shared = {g["name"] for g in build_model("image", "shared", depths=TINY).param_groups(0.01)}
+    shared = {g["name"] for g in build_model("image", "shared", **TINY).param_groups(0.01)}
     assert shared == {"backbone", "head"}
     with pytest.raises(ValueError, match="unknown groups .*afa"):
         image.param_groups(0.01, lr_mult={"afa": 5})
+
+
+def test_narrow_trunks_keep_resnet50s_layout_at_a_fraction_of_its_width():
+    from models import model_from_config
+    from models.backbone import Trunk
+
+    full, narrow = Trunk(16, [1, 1, 1, 3]), Trunk(16, [1, 1, 1, 3], width=16)
+    assert list(full.state_dict()) == list(narrow.state_dict())  # same modules, same names
+    assert [narrow.stage_channels(s) for s in (1, 2, 3, 4)] == [64, 128, 256, 512]
+    assert [full.stage_channels(s) for s in (1, 2, 3, 4)] == [256, 512, 1024, 2048]
+    x = narrow.stem(torch.randn(1, 3, 32, 32))
+    for s in (1, 2, 3, 4):
+        x = getattr(narrow, f"layer{s}")(x)
+        assert x.shape[1] == narrow.stage_channels(s)
+    assert narrow.layer4[2].conv2.dilation == (8, 8)  # the multi-grid unit (2 x 4 at stride 16) at every width
+    for bad in (0, 65):
+        with pytest.raises(ValueError, match=f"width: 1 to 64 planes expected, got {bad}"):
+            Trunk(16, width=bad)
+    model = build_model("pixel", "afa", input_size=32, **TINY)
+    assert model.config.to_dict()["width"] == tiny_trunk.WIDTH
+    assert model.heads["seg"].aspp.convs[0][0].out_channels == 64  # 256 x 16 / 64
+    rebuilt = model_from_config(model.config.to_dict())
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="width 64 only; this network has depths 1 1 1 3 and width 16"):
+        model.load_backbone_weights({})

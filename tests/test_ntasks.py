@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import tiny_trunk
 import torch
 import torch.nn.functional as F
 
@@ -14,8 +15,7 @@ from engine.metrics import NormalMeter, multitask_delta
 from models import AFALayer, build_model, init_from_stage1
 from models.fusion import FUSIONS
 
-TINY = [1, 1, 1, 3]
-torch.set_num_threads(2)
+TINY = tiny_trunk.MODEL
 SQRT2 = math.sqrt(2)
 
 
@@ -104,7 +104,7 @@ def test_every_fusion_runs_for_one_two_and_three_tasks(fusion, n):
     torch.manual_seed(0)
     tasks = TASKS[n]
     unit = ["normal"] if "normal" in tasks else []
-    model = build_model("pixel", fusion, input_size=33, depths=TINY, tasks=tasks, unit_tasks=unit)
+    model = build_model("pixel", fusion, input_size=33, **TINY, tasks=tasks, unit_tasks=unit)
     out = model(torch.randn(2, 3, 33, 33))
     assert {t: tuple(v.shape) for t, v in out.items()} == {t: (2, c, 33, 33) for t, c in tasks.items()}
     if unit:
@@ -115,18 +115,18 @@ def test_every_fusion_runs_for_one_two_and_three_tasks(fusion, n):
     if n == 1:
         assert len(model.fusions) == 0  # one task: nothing to fuse, the single-task network
     if fusion not in ("none", "shared"):  # stage 2 from a stage-1 network of the same tasks
-        single = build_model("pixel", "none", input_size=33, depths=TINY, tasks=tasks, unit_tasks=unit)
+        single = build_model("pixel", "none", input_size=33, **TINY, tasks=tasks, unit_tasks=unit)
         report = init_from_stage1(model, single.state_dict())
         assert report["loaded"] and all(k.startswith("trunks.") for k in report["loaded"])
 
 
 def test_three_task_units_start_at_point9_and_split_point1_between_the_others():
-    model = build_model("image", "cross_stitch", input_size=64, depths=TINY, tasks={"a": 2, "b": 3, "c": 4})
+    model = build_model("image", "cross_stitch", input_size=64, **TINY, tasks={"a": 2, "b": 3, "c": 4})
     unit = model.fusions["layer2"]
     assert unit.same["a"].mean().item() == pytest.approx(0.9)
     assert unit.other["a_from_c"].mean().item() == pytest.approx(0.05)
     assert set(unit.other) == {f"{t}_from_{u}" for t in "abc" for u in "abc" if u != t}
-    nddr = build_model("image", "nddr", input_size=64, depths=TINY, tasks={"a": 2, "b": 3, "c": 4})
+    nddr = build_model("image", "nddr", input_size=64, **TINY, tasks={"a": 2, "b": 3, "c": 4})
     w = nddr.fusions["layer1"].conv["b"].weight[..., 0, 0]  # (C, 3C): task b's own block is the middle one
     c = w.shape[0]
     assert torch.allclose(w[:, c : 2 * c].diagonal(), torch.tensor(0.9))
@@ -173,11 +173,11 @@ def test_protect_shields_the_named_branches_among_three():
 
 
 def test_non_square_inputs_build_sam_for_the_maps_height_and_width():
-    model = build_model("pixel", "afa", input_size=(33, 65), depths=TINY)
+    model = build_model("pixel", "afa", input_size=(33, 65), **TINY)
     assert model.config.input_size == [33, 65] and model.fusions["layer4_0"].sam.size == (3, 5)
     out = model.eval()(torch.randn(1, 3, 33, 65))
     assert out["seg"].shape == (1, 40, 33, 65)
-    assert build_model("pixel", "afa", input_size=(33, 33), depths=TINY).config.input_size == 33  # a square
+    assert build_model("pixel", "afa", input_size=(33, 33), **TINY).config.input_size == 33  # a square
     with pytest.raises(ValueError, match="built for 3x5 feature maps but got 3x3"):
         model(torch.randn(1, 3, 33, 33))
 
@@ -228,8 +228,7 @@ def pixel_args(root, tmp, *extra):
             "cpu",
             "--pretrained",
             "none",
-            "--depths",
-            *map(str, TINY),
+            *tiny_trunk.FLAGS,
             "--out",
             str(tmp / "last.pth"),
             "--logdir",

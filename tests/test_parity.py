@@ -10,11 +10,9 @@ import json
 import os
 
 import pytest
-import torch
 
 from tools import parity
 
-torch.set_num_threads(2)
 GOLDEN = json.loads(parity.GOLDEN.read_text())
 CASES = [pytest.param(c, id=parity.case_name(*c)) for c in parity.CASES]
 

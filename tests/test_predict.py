@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_trunk
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -26,12 +27,12 @@ from tools.export import main as export_main
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64  # network input size: small windows keep every forward pass cheap
-TINY = [1, 1, 1, 3]  # one bottleneck per stage (three in stage 4, where AFA sits): the real structure, cheap
+TINY = tiny_trunk.MODEL
 
 
 def save_tiny(kind: str, path: Path, **options) -> Path:
     torch.manual_seed(0)
-    model = build_model(kind, "afa", input_size=SIZE, depths=TINY, **options)
+    model = build_model(kind, "afa", input_size=SIZE, **TINY, **options)
     with torch.no_grad():  # non-trivial BatchNorm statistics, so that eval-mode outputs vary with the input
         for name, buf in model.named_buffers():
             if name.endswith("running_mean"):
@@ -321,7 +322,7 @@ def test_user_errors_are_one_line_exit_2(pixel_ckpt, tmp_path, capsys):
 
 def test_series_folders_are_ranked_by_pairwise_wins(tmp_path):
     torch.manual_seed(0)
-    model = build_model("series", "siamese", input_size=32, depths=TINY).eval()
+    model = build_model("series", "siamese", input_size=32, **TINY).eval()
     with torch.no_grad():  # a head that reads the features, so that photos differ in preference
         model.fc.weight.normal_(0, 1.0)
     ck = tmp_path / "series.pth"
@@ -358,7 +359,7 @@ def test_series_folders_are_ranked_by_pairwise_wins(tmp_path):
 
 def test_series_network_exports_and_loads_through_torch_hub(tmp_path):
     torch.manual_seed(0)
-    model = build_model("series", "pau", input_size=32, depths=TINY).eval()
+    model = build_model("series", "pau", input_size=32, **TINY).eval()
     ck = tmp_path / "series.pth"
     save_checkpoint(
         {"model": model.state_dict(), "model_config": model.config.to_dict(), "kind": "series", "args": {}}, ck
@@ -393,7 +394,7 @@ def test_a_large_photo_is_predicted_at_the_training_frames_scale(tmp_path, capsy
     from families.pixel_tasks import resize_scores
 
     torch.manual_seed(0)
-    model = build_model("pixel", "afa", input_size=32, depths=[1, 1, 1, 3]).eval()
+    model = build_model("pixel", "afa", input_size=32, **TINY).eval()
     ck = tmp_path / "pixel.pth"
     save_checkpoint(
         {

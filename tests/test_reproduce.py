@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny_trunk
 
 import reproduce
 from data.synthetic import write_adience
@@ -35,6 +36,7 @@ TOY = [
     "none",
     "--batch-size",
     "4",
+    *tiny_trunk.FLAGS,
 ]
 
 

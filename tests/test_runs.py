@@ -8,6 +8,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import tiny_trunk
+
 import train_image
 from engine.checkpoint import load_checkpoint
 from engine.logger import read_log
@@ -32,11 +34,7 @@ def argv(adience, tmp: Path, *extra: str) -> list[str]:
         "cpu",
         "--pretrained",
         "none",
-        "--depths",
-        "1",
-        "1",
-        "1",
-        "3",
+        *tiny_trunk.FLAGS,
         "--out",
         str(tmp / "w" / "image_last.pth"),
         "--logdir",

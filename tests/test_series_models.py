@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import tiny_trunk
 import torch
 from torchvision.models import resnet50
 
@@ -13,7 +14,7 @@ from models import build_model, convert_reference_state_dict, model_from_config,
 from models.series import PAUnit, SeriesConfig
 from tools.series_golden import GOLDEN, named_values, ours, pair_input, run_pair, summarise
 
-TINY = [1, 1, 1, 1]  # one bottleneck per stage: the structure, cheaply (the golden-file tests use ResNet-50)
+TINY = {"depths": [1, 1, 1, 1], "width": tiny_trunk.WIDTH}  # the structure, cheaply (golden files: ResNet-50)
 
 
 def pair(batch=2, size=32, seed=0):
@@ -24,14 +25,16 @@ def pair(batch=2, size=32, seed=0):
 @pytest.mark.parametrize("fusion", ["pau", "siamese"])
 def test_shapes_and_every_parameter_gets_a_gradient(fusion):
     torch.manual_seed(0)
-    model = build_model("series", fusion, depths=TINY)
+    model = build_model("series", fusion, **TINY)
     a, b = pair()
     out = model(a, b)
     assert list(out) == ["pair"] and out["pair"].shape == (2, 2)
     out["pair"].logsumexp(1).sum().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
-    assert model.fc.in_features == (7168 if fusion == "pau" else 2048)
+    # 2 x (layer2 + layer3 + layer4) channels or layer4's: 2 x (8 + 16 + 32) x width or 32 x width
+    # (ResNet-50: 7168 or 2048)
+    assert model.fc.in_features == (112 if fusion == "pau" else 32) * tiny_trunk.WIDTH
     rebuilt = model_from_config(model.config.to_dict())
     assert rebuilt.config == model.config and set(rebuilt.state_dict()) == set(model.state_dict())
 
@@ -61,18 +64,18 @@ def test_pau_unit_against_hand_computed_values():
 def test_symmetrisation_and_shared_units():
     torch.manual_seed(0)
     a, b = pair()
-    plain = build_model("series", "pau", depths=TINY).eval()
+    plain = build_model("series", "pau", **TINY).eval()
     with torch.no_grad():
         ab, ba = plain(a, b)["pair"], plain(b, a)["pair"]
     assert not torch.allclose(ab, ba.flip(1), atol=1e-4)  # separate units: swapping is not symmetric
-    sym = build_model("series", "pau", symmetric=True, depths=TINY)
+    sym = build_model("series", "pau", symmetric=True, **TINY)
     sym.load_state_dict(plain.state_dict())
     sym.eval()
     with torch.no_grad():
         s_ab, s_ba = sym(a, b)["pair"], sym(b, a)["pair"]
     assert torch.allclose(s_ab, s_ba.flip(1), atol=1e-5)
     assert torch.allclose(s_ab, (ab + ba.flip(1)) / 2, atol=1e-5)
-    shared = build_model("series", "pau", shared_units=True, depths=TINY)
+    shared = build_model("series", "pau", shared_units=True, **TINY)
     keys = set(shared.state_dict())
     assert any(k.startswith("units.shared.") for k in keys) and not any(k.startswith("units.a.") for k in keys)
     with pytest.raises(ValueError, match="fusion"):
@@ -84,7 +87,7 @@ def test_symmetrisation_and_shared_units():
 
 
 def test_param_groups_follow_the_original_10x_rule():
-    model = build_model("series", "pau", depths=TINY)
+    model = build_model("series", "pau", **TINY)
     groups = {g["name"]: g for g in model.param_groups(1e-5, weight_decay=5e-4)}
     assert {k: g["lr"] for k, g in groups.items()} == pytest.approx({"backbone": 1e-5, "units": 1e-5, "head": 1e-4})
     names = {id(p): n for n, p in model.named_parameters()}

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny_trunk
 import torch
 from test_training import REPO, TINY, event_scalars
 from torch.utils.data import DataLoader, Subset
@@ -54,7 +55,6 @@ def args(root, tmp, *extra):
             "cpu",
             "--pretrained",
             "none",
-            "--depths",
             *TINY,
             "--out",
             str(tmp / "series_last.pth"),
@@ -102,7 +102,7 @@ def test_train_eval_and_metrics_recomputed_from_predictions_csv(phototriage, tmp
         "input_size": 32,
         "shared_units": False,
         "symmetric": False,
-        "depths": [int(n) for n in TINY],
+        **tiny_trunk.MODEL,
     }
     assert {"loss/pair", "opt/lr_head", "val/pair/acc", "val/series/top1"} <= event_scalars(run / "run")
     record = json.loads((run / "run" / "log.jsonl").read_text().splitlines()[0])
@@ -222,7 +222,6 @@ def test_torchrun_two_processes_rank_the_series_whole(phototriage, tmp_path):
         "none",
         "--fusion",
         "siamese",
-        "--depths",
         *TINY,
         "--out",
         str(tmp_path / "ddp_last.pth"),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_trunk
 import torch
 
 import eval as eval_script
@@ -42,7 +43,7 @@ PIXEL_KEYS = [
     "depth/delta3",
 ]
 IMAGE_KEYS = ["gender/acc", "age/acc", "age/one_off"]
-TINY = ["1", "1", "1", "3"]
+TINY = tiny_trunk.FLAGS
 
 
 def pixel_args(nyu, tmp, *extra):
@@ -64,7 +65,6 @@ def pixel_args(nyu, tmp, *extra):
             "cpu",
             "--pretrained",
             "none",
-            "--depths",
             *TINY,
             "--out",
             str(tmp / "pixel_last.pth"),
@@ -94,7 +94,6 @@ def image_args(adience, tmp, *extra):
             "cpu",
             "--pretrained",
             "none",
-            "--depths",
             *TINY,
             "--out",
             str(tmp / "image_last.pth"),
@@ -280,7 +279,6 @@ def test_sigterm_writes_a_resumable_checkpoint(adience, tmp_path):
         "cpu",
         "--pretrained",
         "none",
-        "--depths",
         *TINY,
         "--out",
         str(out),
@@ -507,7 +505,6 @@ def test_torchrun_two_processes_on_cpu(adience, tmp_path):
         "none",
         "--fusion",
         "afa",
-        "--depths",
         *TINY,
         "--out",
         str(tmp_path / "ddp_last.pth"),
@@ -565,9 +562,17 @@ def test_pretrained_errors_are_one_line(adience, tmp_path, capsys, monkeypatch):
     bad = tmp_path / "not_weights.pth"
     bad.write_bytes(b"garbage")
     args = image_args(adience, tmp_path)
-    args.pretrained = str(bad)
+    args.pretrained = "imagenet"
+    assert train_image.main(args) == 2  # the tiny trunk: refused before any download
+    err = capsys.readouterr().err
+    assert "fit depths 3 4 6 3 and width 64 only" in err and "(use --pretrained none)" in err
+    assert len(err.strip().splitlines()) == 1
+
+    args = image_args(adience, tmp_path)
+    args.pretrained, args.depths, args.width = str(bad), None, None  # ResNet-50 from here on
     assert train_image.main(args) == 2
-    assert "not_weights.pth" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not_weights.pth'" in err and "not a loadable state dict" in err and len(err.strip().splitlines()) == 1
 
     class Offline:  # stands in for torchvision's weights enum: the download fails as without network
         class IMAGENET1K_V1:  # noqa: N801
@@ -577,7 +582,7 @@ def test_pretrained_errors_are_one_line(adience, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr("models.backbone.ResNet50_Weights", Offline)
     args = image_args(adience, tmp_path)
-    args.pretrained = "imagenet"
+    args.pretrained, args.depths, args.width = "imagenet", None, None
     assert train_image.main(args) == 2
     err = capsys.readouterr().err
     assert "could not get torchvision's ResNet-50 weights" in err and len(err.strip().splitlines()) == 1
