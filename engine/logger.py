@@ -20,27 +20,35 @@ class RunLogger:
 
     def __init__(self, logdir: str | Path | None, active: bool = True) -> None:
         self.active = active and logdir is not None
+        self.logdir = Path(logdir) if self.active else None  # type: ignore[arg-type]
+        # The event file opens at the first write, not here: a run is set up before --overwrite removes
+        # the run it replaces (engine/runs.py start_run_folder), and an event file opened in the same
+        # second would carry the old one's name (time and host) and be removed with it.
         self.writer = None
-        if self.active:
+
+    def _tensorboard(self) -> Any:
+        if self.writer is None:
             from tensorboardX import SummaryWriter
 
-            self.logdir = Path(logdir)  # type: ignore[arg-type]
             self.logdir.mkdir(parents=True, exist_ok=True)
             self.writer = SummaryWriter(str(self.logdir))
+        return self.writer
 
     def scalars(self, values: dict[str, float], step: int, head: str = "") -> None:
-        if self.writer is not None:
+        if self.active:
+            writer = self._tensorboard()
             for k, v in values.items():
-                self.writer.add_scalar(f"{head}{k}", v, step)
+                writer.add_scalar(f"{head}{k}", v, step)
 
     def image(self, tag: str, img: np.ndarray, step: int) -> None:
         """img: (H, W, 3) floats in [0, 1]."""
-        if self.writer is not None:
-            self.writer.add_image(tag, img, step, dataformats="HWC")
+        if self.active:
+            self._tensorboard().add_image(tag, img, step, dataformats="HWC")
 
     def epoch_line(self, record: dict[str, Any]) -> None:
         if self.active:
             clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
+            self.logdir.mkdir(parents=True, exist_ok=True)
             with open(self.logdir / "log.jsonl", "a") as f:
                 f.write(json.dumps(clean) + "\n")
 

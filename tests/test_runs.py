@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import tiny_trunk
+from test_training import event_scalars
 
 import train_image
 from engine.checkpoint import load_checkpoint
@@ -70,7 +71,14 @@ def test_parse_with_explicit_knows_what_was_typed():
     assert set(SAFE_ON_RESUME) <= set(vars(args))  # the safe list names real settings
 
 
-def test_fresh_runs_never_write_over_a_run_and_overwrite_replaces_it(adience, tmp_path, capsys):
+def test_fresh_runs_never_write_over_a_run_and_overwrite_replaces_it(adience, tmp_path, capsys, monkeypatch):
+    import types
+
+    from tensorboardX import event_file_writer
+
+    # Every event file named as if in the same second (tiny runs often are): the replacing run's file
+    # then has the old one's name, and must survive the removal of the old run's files.
+    monkeypatch.setattr(event_file_writer, "time", types.SimpleNamespace(time=lambda: 1800000000.5))
     assert run(argv(adience, tmp_path, "--fusion", "afa", "--seed", "3")) == 0
     capsys.readouterr()
     saved = json.loads((tmp_path / "run" / "args.json").read_text())
@@ -79,6 +87,7 @@ def test_fresh_runs_never_write_over_a_run_and_overwrite_replaces_it(adience, tm
     assert saved["fusion"] == "afa" and saved["test_fold"] == 0 and saved["seed"] == 3
     assert saved["out"] == str(tmp_path / "w" / "image_last.pth") and saved["data_root"] == str(adience)
     first = digests(tmp_path)
+    assert any(t.startswith("fusion/") for t in event_scalars(tmp_path / "run"))  # afa's records
     assert {"w/image_last.pth", "w/image_best.pth", "run/log.jsonl", "run/args.json"} <= set(first)
 
     # The same command again: one line naming the ways out, and not a byte changed.
@@ -103,7 +112,9 @@ def test_fresh_runs_never_write_over_a_run_and_overwrite_replaces_it(adience, tm
     assert "removed the earlier run's" in capsys.readouterr().out
     assert len(read_log(tmp_path / "run" / "log.jsonl")) == 1
     events = sorted((tmp_path / "run").glob("events.out.tfevents.*"))
-    assert len(events) == 1 and not set(events) & set(old_events)
+    assert len(old_events) == 1 and len(events) == 1  # the same name: only its contents tell them apart
+    tags = event_scalars(tmp_path / "run")
+    assert "train/loss/gender" in tags and not any(t.startswith("fusion/") for t in tags)  # the new run's, not afa's
     assert json.loads((tmp_path / "run" / "args.json").read_text())["fusion"] == "none"
     assert load_checkpoint(tmp_path / "w" / "image_last.pth")["args"]["fusion"] == "none"
 
